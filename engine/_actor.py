@@ -1,0 +1,70 @@
+"""The task that runs one download."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from ._errors import SourceError
+from ._messages import ActorExited, Message
+from ._progress import ProgressSlot
+from ._snapshot import JobError, ResultInfo
+from ._source import Source
+
+logger = logging.getLogger("engine")
+
+
+async def run_actor(
+    job_id: str,
+    file_id: int,
+    source: Source,
+    progress: ProgressSlot,
+    destination: Path,
+    reports: trio.MemorySendChannel[Message],
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Fetch one file and report how it ended.
+
+    Start it with ``await nursery.start(run_actor, ...)``: it hands back the
+    ``CancelScope`` around the download, and cancelling that scope cancels
+    this job and nothing else.
+
+    The actor never raises into its nursery. A ``SourceError`` or any other
+    ``Exception`` from the source becomes a failed report, and a cancel of its
+    own scope becomes a report with neither result nor error. Only
+    cancellation from outside (the supervisor shutting down) propagates, after
+    the report is sent. Unless the download succeeded, ``destination`` is
+    deleted before the report.
+    """
+    result: ResultInfo | None = None
+    error: JobError | None = None
+    try:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            try:
+                result = await source.fetch(file_id, progress, destination)
+            except SourceError as exc:
+                logger.warning("job %s: download failed: %s", job_id, exc)
+                error = JobError(code=exc.code, message=str(exc))
+            except Exception:
+                logger.exception("job %s: download raised an unexpected error", job_id)
+                error = JobError(code="internal_error", message="the download failed unexpectedly")
+    finally:
+        if result is None:
+            _discard(destination)
+        report = ActorExited(job_id, result=result, error=error)
+        try:
+            reports.send_nowait(report)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The supervisor has stopped reading, so it is shutting down and
+            # will not look at this job again.
+            logger.debug("job %s: supervisor gone, report dropped", job_id)
+
+
+def _discard(path: Path) -> None:
+    # A synchronous unlink: it is fast, and a cleanup path must not checkpoint
+    # while the task may already be cancelled.
+    path.unlink(missing_ok=True)

@@ -1,0 +1,78 @@
+"""Deterministic ZIP archives for the simulated source.
+
+The same file id always gives the same bytes: the content comes from a PRNG
+seeded with the file id, and every ZIP header field that could vary (member
+time stamp, permissions) is fixed. Members are stored uncompressed because
+pseudo-random content does not compress, so the archive is the content size
+plus about 150 bytes of headers.
+
+The archive is built on the trio thread in chunks of ``CHUNK_BYTES`` with a
+checkpoint after each. A worker thread would not run it in parallel (the
+PRNG holds the GIL), would make tests on a mock clock depend on real time,
+and could only be cancelled between chunks anyway. Each chunk holds the event
+loop for about a millisecond on a 2 GHz core (an estimate from
+``random.randbytes`` at roughly 300 MiB/s), and only one chunk is in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import zipfile
+from pathlib import Path
+
+import trio
+
+from ._snapshot import ResultInfo
+
+MEDIA_TYPE = "application/zip"
+CHUNK_BYTES = 256 * 1024
+_FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest time a ZIP header can store
+
+
+def content_size(file_id: int, minimum: int, maximum: int) -> int:
+    """Return the content size for ``file_id``: fixed per id, within ``[minimum, maximum]``."""
+    digest = hashlib.sha256(f"download-jobs size {file_id}".encode()).digest()
+    return minimum + int.from_bytes(digest[:8], "big") % (maximum - minimum + 1)
+
+
+def archive_name(file_id: int) -> str:
+    return f"{file_id}.zip"
+
+
+async def build_archive(file_id: int, size: int, destination: Path) -> ResultInfo:
+    """Write the archive for ``file_id`` with ``size`` bytes of content to ``destination``.
+
+    Cancellation: checkpoints after every chunk. A cancelled call leaves a
+    partial file behind, which the caller deletes.
+    """
+    rng = random.Random(file_id)
+    member = zipfile.ZipInfo(f"{file_id}.bin", date_time=_FIXED_TIMESTAMP)
+    member.external_attr = 0o644 << 16
+    member.compress_type = zipfile.ZIP_STORED
+    member.file_size = size
+
+    with zipfile.ZipFile(destination, "w") as archive:
+        with archive.open(member, "w", force_zip64=size >= zipfile.ZIP64_LIMIT) as stream:
+            remaining = size
+            while remaining > 0:
+                chunk = min(remaining, CHUNK_BYTES)
+                stream.write(rng.randbytes(chunk))
+                remaining -= chunk
+                await trio.lowlevel.checkpoint()
+
+    # The ZIP writer seeks back to patch the member header, so the digest is
+    # taken from the finished file rather than while writing.
+    digest = hashlib.sha256()
+    archive_size = 0
+    with destination.open("rb") as written:
+        while block := written.read(CHUNK_BYTES):
+            digest.update(block)
+            archive_size += len(block)
+            await trio.lowlevel.checkpoint()
+    return ResultInfo(
+        size=archive_size,
+        media_type=MEDIA_TYPE,
+        file_name=archive_name(file_id),
+        sha256=digest.hexdigest(),
+    )

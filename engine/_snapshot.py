@@ -1,0 +1,64 @@
+"""Immutable values that the engine hands to its callers."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+
+from ._states import JobStatus
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResultInfo:
+    """Description of a finished job's file."""
+
+    size: int  # bytes
+    media_type: str
+    file_name: str
+    sha256: str  # lowercase hex digest of the whole file
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobError:
+    """Why a job failed: a machine-readable ``code`` and a human-readable ``message``."""
+
+    code: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """State of one job at one moment.
+
+    ``progress`` is a whole percentage from 0 to 100. It never decreases
+    between snapshots of the same job and is 100 exactly when ``status`` is
+    ``done``. ``result`` is set exactly when the job is done and ``error``
+    exactly when it failed. Timestamps are timezone-aware UTC.
+    """
+
+    job_id: str
+    file_id: int
+    status: JobStatus
+    progress: int
+    created_at: datetime
+    updated_at: datetime
+    result: ResultInfo | None = None
+    error: JobError | None = None
+    # Seconds until the engine expects the job to finish, or None when it has
+    # no estimate (queued, finished, or a source that reports no schedule).
+    eta_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResultFile:
+    """A finished job's file, as returned by ``JobClient.open_result``.
+
+    The file at ``path`` is never modified once the job is done. It may be
+    removed when the job is removed from the table, so a reader should open
+    it promptly; on POSIX systems an already open file stays readable.
+    """
+
+    snapshot: JobSnapshot
+    path: Path
+    info: ResultInfo
