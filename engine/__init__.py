@@ -4,78 +4,48 @@ It imports nothing from any HTTP library; ``http_api`` translates HTTP into
 calls on ``JobClient``.
 """
 
-from ._archive import build_archive as build_archive
-from ._archive import content_size as content_size
+from ._archive import (
+    archive_size as archive_size,
+    build_archive as build_archive,
+    content_size as content_size,
+)
 from ._errors import (
     EngineError as EngineError,
-)
-from ._errors import (
+    FileUnavailable as FileUnavailable,
     JobAlreadyFinished as JobAlreadyFinished,
-)
-from ._errors import (
     JobConflict as JobConflict,
-)
-from ._errors import (
     JobNotFound as JobNotFound,
-)
-from ._errors import (
     ResultNotReady as ResultNotReady,
-)
-from ._errors import (
     ResultUnavailable as ResultUnavailable,
-)
-from ._errors import (
     SettingsError as SettingsError,
-)
-from ._errors import (
     SourceError as SourceError,
-)
-from ._errors import (
     SupervisorClosed as SupervisorClosed,
 )
-from ._progress import ProgressReporter as ProgressReporter
-from ._progress import ProgressSlot as ProgressSlot
+from ._progress import ProgressReporter as ProgressReporter, ProgressSlot as ProgressSlot
 from ._settings import (
     EngineSettings as EngineSettings,
-)
-from ._settings import (
     read_bool as read_bool,
-)
-from ._settings import (
     read_int as read_int,
 )
 from ._snapshot import (
     JobError as JobError,
-)
-from ._snapshot import (
     JobSnapshot as JobSnapshot,
-)
-from ._snapshot import (
     ResultFile as ResultFile,
-)
-from ._snapshot import (
     ResultInfo as ResultInfo,
 )
-from ._source import SimulatedSource as SimulatedSource
-from ._source import Source as Source
-from ._states import InvalidTransition as InvalidTransition
-from ._states import JobStatus as JobStatus
+from ._source import SimulatedSource as SimulatedSource, Source as Source
+from ._states import InvalidTransition as InvalidTransition, JobStatus as JobStatus
 from ._supervisor import (
     JobClient as JobClient,
-)
-from ._supervisor import (
     Supervisor as Supervisor,
-)
-from ._supervisor import (
     open_supervisor as open_supervisor,
-)
-from ._supervisor import (
     utc_now as utc_now,
 )
 
 __all__ = [
     "EngineError",
     "EngineSettings",
+    "FileUnavailable",
     "InvalidTransition",
     "JobAlreadyFinished",
     "JobClient",
@@ -96,6 +66,7 @@ __all__ = [
     "SourceError",
     "Supervisor",
     "SupervisorClosed",
+    "archive_size",
     "build_archive",
     "content_size",
     "open_supervisor",

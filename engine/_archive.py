@@ -40,6 +40,24 @@ def archive_name(file_id: int) -> str:
     return f"{file_id}.zip"
 
 
+def _member_name(file_id: int) -> str:
+    return f"{file_id}.bin"
+
+
+def archive_size(file_id: int, size: int) -> int:
+    """Return the exact size of the archive ``build_archive`` writes for ``size`` bytes of content.
+
+    One stored member without ZIP64 records: a local header, the content, a
+    central directory entry and the end record, with the member name in both
+    headers. ``EngineSettings`` caps the content below the ZIP64 threshold.
+    """
+    name_length = len(_member_name(file_id).encode())
+    local_header = 30 + name_length
+    central_entry = 46 + name_length
+    end_record = 22
+    return local_header + size + central_entry + end_record
+
+
 async def build_archive(file_id: int, size: int, destination: Path) -> ResultInfo:
     """Write the archive for ``file_id`` with ``size`` bytes of content to ``destination``.
 
@@ -47,13 +65,13 @@ async def build_archive(file_id: int, size: int, destination: Path) -> ResultInf
     partial file behind, which the caller deletes.
     """
     rng = random.Random(file_id)
-    member = zipfile.ZipInfo(f"{file_id}.bin", date_time=_FIXED_TIMESTAMP)
+    member = zipfile.ZipInfo(_member_name(file_id), date_time=_FIXED_TIMESTAMP)
     member.external_attr = 0o644 << 16
     member.compress_type = zipfile.ZIP_STORED
     member.file_size = size
 
     with zipfile.ZipFile(destination, "w") as archive:
-        with archive.open(member, "w", force_zip64=size >= zipfile.ZIP64_LIMIT) as stream:
+        with archive.open(member, "w") as stream:
             remaining = size
             while remaining > 0:
                 chunk = min(remaining, CHUNK_BYTES)

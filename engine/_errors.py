@@ -10,7 +10,8 @@ Every error a caller of the engine can receive derives from ``EngineError``::
     │   ├── ResultNotReady         result of a job that is still queued or processing
     │   └── ResultUnavailable      result of a job that failed or was cancelled
     ├── SupervisorClosed       the supervisor is shutting down or has stopped
-    └── SourceError            a source could not produce a file (not the caller's fault)
+    └── SourceError            a source could not produce a file
+        └── FileUnavailable        the source has no file with this id
 
 ``JobConflict`` subclasses carry the job's snapshot at the moment of the
 refusal, so that a front end can show the current state without a second query.
@@ -94,3 +95,13 @@ class SourceError(EngineError):
     """
 
     code = "source_error"
+
+
+class FileUnavailable(SourceError):
+    """The source has no file with this id; retrying cannot help."""
+
+    code = "not_found"
+
+    def __init__(self, file_id: int) -> None:
+        super().__init__(f"file {file_id} not found")
+        self.file_id = file_id

@@ -15,6 +15,11 @@ from ._errors import SettingsError
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
+# Content sizes stay below 1 GiB so that archives never need ZIP64 records
+# (Python's zipfile switches to them near 2 GiB).
+MAX_CONTENT_BYTES = 1 << 30
+AVAILABILITY_MODES = ("all", "multiple-of-7")
+
 # 100,000,000 ms is about 28 hours: far above any real delay or deadline, and
 # low enough that a mistyped value is caught instead of overflowing a timer.
 MAX_MILLISECONDS = 100_000_000
@@ -82,6 +87,9 @@ class EngineSettings:
     # thousands of results within a few GiB of disk; load tests raise them.
     download_size_min_bytes: int = 64 * 1024
     download_size_max_bytes: int = 1024 * 1024
+    # Which file ids exist: "all" ids in range, or "multiple-of-7" only, like
+    # the mock storage of the original Delineate service.
+    download_availability: str = "all"
     # Seed of the random draws (delays); None draws a fresh seed per process.
     download_random_seed: int | None = None
     # Processing slots: jobs beyond this many wait queued, in FIFO order.
@@ -92,6 +100,12 @@ class EngineSettings:
     results_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.download_availability not in AVAILABILITY_MODES:
+            raise SettingsError(
+                "DOWNLOAD_AVAILABILITY",
+                self.download_availability,
+                f"one of {', '.join(AVAILABILITY_MODES)}",
+            )
         if self.download_delay_min_ms > self.download_delay_max_ms:
             raise SettingsError(
                 "DOWNLOAD_DELAY_MIN_MS",
@@ -138,7 +152,7 @@ class EngineSettings:
                 "DOWNLOAD_SIZE_MIN_BYTES",
                 defaults.download_size_min_bytes,
                 minimum=0,
-                maximum=1 << 32,
+                maximum=MAX_CONTENT_BYTES,
                 unit="bytes",
             ),
             download_size_max_bytes=read_int(
@@ -146,9 +160,13 @@ class EngineSettings:
                 "DOWNLOAD_SIZE_MAX_BYTES",
                 defaults.download_size_max_bytes,
                 minimum=0,
-                maximum=1 << 32,
+                maximum=MAX_CONTENT_BYTES,
                 unit="bytes",
             ),
+            download_availability=environ.get(
+                "DOWNLOAD_AVAILABILITY", defaults.download_availability
+            ).strip()
+            or defaults.download_availability,
             download_random_seed=read_optional_int(
                 environ, "DOWNLOAD_RANDOM_SEED", minimum=0, maximum=2**63 - 1
             ),

@@ -13,7 +13,8 @@ from typing import Protocol
 
 import trio
 
-from ._archive import build_archive, content_size
+from ._archive import archive_size, build_archive, content_size
+from ._errors import FileUnavailable
 from ._progress import ProgressReporter
 from ._settings import EngineSettings
 from ._snapshot import ResultInfo
@@ -34,6 +35,20 @@ class Source(Protocol):
         Cancellation: the caller cancels this call when the job is cancelled
         and then deletes ``destination``, so an implementation only has to
         release resources of its own.
+        """
+        ...
+
+    async def check(self, file_id: int) -> int | None:
+        """Return the size in bytes of the file for ``file_id``, or None if it does not exist.
+
+        Starts no download. The caller bounds the time it may take.
+        """
+        ...
+
+    async def check_health(self) -> None:
+        """Return if the storage behind the source answers; raise ``SourceError`` if not.
+
+        The caller bounds the time it may take.
         """
         ...
 
@@ -59,18 +74,39 @@ class SimulatedSource:
         low, high = settings.download_delay_min_ms, settings.download_delay_max_ms
         return self._rng.uniform(low, high) / 1000
 
+    def exists(self, file_id: int) -> bool:
+        if self._settings.download_availability == "multiple-of-7":
+            return file_id % 7 == 0
+        return True
+
+    def _content_size(self, file_id: int) -> int:
+        return content_size(
+            file_id,
+            self._settings.download_size_min_bytes,
+            self._settings.download_size_max_bytes,
+        )
+
+    async def check(self, file_id: int) -> int | None:
+        await trio.lowlevel.checkpoint()
+        if not self.exists(file_id):
+            return None
+        return archive_size(file_id, self._content_size(file_id))
+
+    async def check_health(self) -> None:
+        # Generated content has no storage that could be down.
+        await trio.lowlevel.checkpoint()
+
     async def fetch(
         self, file_id: int, progress: ProgressReporter, destination: Path
     ) -> ResultInfo:
+        if not self.exists(file_id):
+            await trio.lowlevel.checkpoint()
+            raise FileUnavailable(file_id)
+
         # One sleep for the whole delay: the declared schedule lets the
         # supervisor derive progress at any moment without waking this task.
         delay = self.draw_delay()
         progress.advance_linearly(trio.current_time(), delay)
         await trio.sleep(delay)
 
-        size = content_size(
-            file_id,
-            self._settings.download_size_min_bytes,
-            self._settings.download_size_max_bytes,
-        )
-        return await build_archive(file_id, size, destination)
+        return await build_archive(file_id, self._content_size(file_id), destination)

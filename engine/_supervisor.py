@@ -124,8 +124,9 @@ class JobClient:
     supervisor has stopped, every method raises ``SupervisorClosed``.
     """
 
-    def __init__(self, inbox: trio.MemorySendChannel[Message]) -> None:
+    def __init__(self, inbox: trio.MemorySendChannel[Message], source: Source) -> None:
         self._inbox = inbox
+        self._source = source
 
     async def submit(self, file_id: int) -> JobSnapshot:
         """Create a queued job for ``file_id``; it is in the table when this returns."""
@@ -172,6 +173,20 @@ class JobClient:
             await self._request(ShutdownRequest)
         except SupervisorClosed:
             pass
+
+    async def check_file(self, file_id: int) -> int | None:
+        """Ask the source whether ``file_id`` exists; return its size in bytes or None.
+
+        Runs in the caller's task, not the supervisor's, and starts no job.
+        """
+        return await self._source.check(file_id)
+
+    async def check_health(self) -> None:
+        """Probe the source's storage; raise ``SourceError`` if it fails.
+
+        Runs in the caller's task; wrap it in a cancel scope to bound it.
+        """
+        await self._source.check_health()
 
     def pending_messages(self) -> int:
         """Return how many messages wait in the supervisor's inbox (mailbox depth)."""
@@ -232,7 +247,7 @@ class Supervisor:
                 async with trio.open_nursery() as actors:
                     self._actors = actors
                     logger.info("supervisor started, results in %s", results_dir)
-                    task_status.started(JobClient(self._inbox_send.clone()))
+                    task_status.started(JobClient(self._inbox_send.clone(), self._source))
                     async for message in self._inbox_receive:
                         await self._handle(message)
                         if self._stopping and self._running == 0:

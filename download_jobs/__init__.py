@@ -1,0 +1,1 @@
+"""The ``download-jobs`` command: ``serve`` runs the service, ``get`` downloads through it."""

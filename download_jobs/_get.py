@@ -1,0 +1,149 @@
+"""``download-jobs get``: the polling client, as a script would write it.
+
+It starts a job, polls its status as often as the server's ``Retry-After``
+asks, shows progress on one line, downloads the file to a temporary name,
+checks its SHA-256 against the status document, and only then renames it.
+Every failure ends with one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_POLL_SECONDS = 2.0
+# The server's hint is trusted within these bounds (seconds).
+MIN_POLL_SECONDS = 0.2
+MAX_POLL_SECONDS = 30.0
+REQUEST_TIMEOUT_SECONDS = 30.0
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
+
+
+class GetError(Exception):
+    """A failure that ends ``download-jobs get`` with a one-line reason."""
+
+
+def run_get(file_id: str, *, server: str, output: str | None, quiet: bool = False) -> int:
+    """Download ``file_id`` through the service at ``server``; return the exit status."""
+    try:
+        path = _get(file_id, server.rstrip("/"), output, quiet)
+    except GetError as exc:
+        print(f"download-jobs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("download-jobs: interrupted", file=sys.stderr)
+        return 130
+    if not quiet:
+        print(path, file=sys.stderr)
+    return 0
+
+
+def _get(file_id: str, server: str, output: str | None, quiet: bool) -> Path:
+    try:
+        with httpx.Client(base_url=server, timeout=REQUEST_TIMEOUT_SECONDS) as client:
+            job = _start(client, file_id)
+            try:
+                status = _wait_until_finished(client, job, quiet)
+                return _download(client, job, status, output)
+            except KeyboardInterrupt:
+                # The user gave up: free the server's slot instead of leaving the job running.
+                _cancel_quietly(client, job["jobId"])
+                raise
+    except httpx.TransportError as exc:
+        raise GetError(f"cannot reach {server}: {exc}") from None
+
+
+def _start(client: httpx.Client, file_id: str) -> dict[str, Any]:
+    try:
+        number: int | str = int(file_id)
+    except ValueError:
+        number = file_id  # let the server say what is wrong with it
+    response = client.post("/v1/download/start", json={"file_id": number})
+    if response.status_code != 202:
+        raise GetError(f"start failed: {_describe_error(response)}")
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def _wait_until_finished(client: httpx.Client, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    job_id = job["jobId"]
+    with tqdm(total=100, unit="%", desc=f"job {job_id[:8]}", disable=quiet, leave=False) as bar:
+        while True:
+            response = client.get(job["statusUrl"])
+            if response.status_code != 200:
+                raise GetError(f"status of job {job_id} failed: {_describe_error(response)}")
+            status: dict[str, Any] = response.json()
+            bar.set_postfix_str(status["status"])
+            bar.update(status["progress"] - bar.n)
+            if status["status"] == "done":
+                return status
+            if status["status"] == "failed":
+                error = status.get("error") or {}
+                raise GetError(
+                    f"job {job_id} failed: {error.get('code', 'unknown')}: "
+                    f"{error.get('message', 'no message')}"
+                )
+            if status["status"] == "cancelled":
+                raise GetError(f"job {job_id} was cancelled")
+            time.sleep(_poll_delay(response))
+
+
+def _poll_delay(response: httpx.Response) -> float:
+    try:
+        seconds = float(response.headers.get("Retry-After", DEFAULT_POLL_SECONDS))
+    except ValueError:
+        seconds = DEFAULT_POLL_SECONDS
+    return min(max(seconds, MIN_POLL_SECONDS), MAX_POLL_SECONDS)
+
+
+def _download(
+    client: httpx.Client, job: dict[str, Any], status: dict[str, Any], output: str | None
+) -> Path:
+    result = status["result"]
+    target = Path(output) if output else Path(Path(result["fileName"]).name)
+    partial = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    size = 0
+    with client.stream("GET", job["resultUrl"]) as response:
+        if response.status_code != 200:
+            response.read()
+            raise GetError(f"download of job {job['jobId']} failed: {_describe_error(response)}")
+        with partial.open("wb") as file:
+            for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                file.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+
+    if digest.hexdigest() != result["sha256"] or size != result["size"]:
+        partial.unlink(missing_ok=True)
+        raise GetError(
+            f"checksum mismatch for job {job['jobId']}: expected sha256 {result['sha256']} "
+            f"and {result['size']} bytes, got {digest.hexdigest()} and {size} bytes"
+        )
+    os.replace(partial, target)
+    return target
+
+
+def _cancel_quietly(client: httpx.Client, job_id: str) -> None:
+    try:
+        client.delete(f"/v1/download/{job_id}", timeout=5.0)
+    except httpx.HTTPError:
+        pass
+
+
+def _describe_error(response: httpx.Response) -> str:
+    """Return the server's problem detail, or the status line when there is none."""
+    try:
+        problem = response.json()
+        detail = problem.get("detail") if isinstance(problem, dict) else None
+    except ValueError:
+        detail = None
+    return f"HTTP {response.status_code}: {detail or response.reason_phrase}"

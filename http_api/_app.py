@@ -1,0 +1,109 @@
+"""The Quart-Trio application: routes, error handlers and the supervisor's lifetime."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from quart import Quart, Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
+
+from engine import EngineError, JobClient, Supervisor
+
+from ._problems import Problem, problem_from_engine_error
+from ._routes import CLIENT_KEY, routes
+from ._settings import Settings
+
+logger = logging.getLogger("http_api")
+
+# Paths shaped like a job route; a 404 on one of them means the id was malformed.
+_JOB_ROUTE_SHAPE = re.compile(r"^/v1/download/(?:status/)?[^/]+$")
+# Extra time the app's background nursery gets, after the server stops, for the
+# supervisor to cancel unfinished jobs and log them before it is cancelled.
+SUPERVISOR_STOP_SECONDS = 5.0
+
+
+class JobIdConverter(BaseConverter):
+    """Matches a UUID in 8-4-4-4-12 hex form only, so job routes never shadow fixed ones."""
+
+    regex = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+    def to_python(self, value: str) -> str:
+        return value.lower()
+
+
+def create_app(settings: Settings) -> Quart:
+    """Build the app. The supervisor starts before the first request and stops with the server."""
+    app = QuartTrio(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        # A large result sent to a slow client may take longer than Quart's
+        # 60 s default; the transfer ends when the client stops reading.
+        RESPONSE_TIMEOUT=None,
+        BACKGROUND_TASK_SHUTDOWN_TIMEOUT=SUPERVISOR_STOP_SECONDS,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters["job_id"] = JobIdConverter
+    app.register_blueprint(routes)
+    _register_error_handlers(app)
+
+    supervisor = Supervisor(settings.engine)
+
+    @app.before_serving
+    async def start_supervisor() -> None:
+        client: JobClient = await app.nursery.start(supervisor.run)
+        app.extensions[CLIENT_KEY] = client
+
+    @app.after_serving
+    async def stop_supervisor() -> None:
+        client: JobClient = app.extensions[CLIENT_KEY]
+        await client.shutdown()
+
+    return app
+
+
+def _register_error_handlers(app: Quart) -> None:
+    @app.errorhandler(Problem)
+    async def handle_problem(problem: Problem) -> Response:
+        return problem.to_response()
+
+    @app.errorhandler(EngineError)
+    async def handle_engine_error(error: EngineError) -> Response:
+        return problem_from_engine_error(error).to_response()
+
+    @app.errorhandler(HTTPException)
+    async def handle_http_exception(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 404 and request.method in ("GET", "HEAD", "DELETE"):
+            if _JOB_ROUTE_SHAPE.match(request.path):
+                return Problem(
+                    400,
+                    "invalid_job_id",
+                    "Invalid job id",
+                    "job id must be a UUID such as 3f2b8c1e-0d4a-4c6e-9b1a-2d5e7f8a9c0b",
+                    field="jobId",
+                ).to_response()
+        detail = {
+            404: f"no route matches {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
+        }.get(status, error.description or "")
+        code = (error.name or "error").lower().replace(" ", "_")
+        problem = Problem(status, code, error.name or "Error", detail)
+        response = problem.to_response()
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    async def handle_unexpected(error: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return Problem(
+            500,
+            "internal_error",
+            "Internal server error",
+            "the server failed to handle the request",
+        ).to_response()

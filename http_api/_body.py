@@ -1,0 +1,134 @@
+"""Request bodies: content type, size, JSON syntax and schema, each with its own 4xx.
+
+The checks run in this order, and the first failure answers:
+
+1. ``Content-Type`` must be JSON (``application/json`` or ``application/*+json``,
+   charset UTF-8 if one is given), else 415.
+2. The body must fit ``MAX_CONTENT_LENGTH``, else 413. Quart raises before
+   reading when the declared ``Content-Length`` is already too large.
+3. The body must be UTF-8 JSON without NaN or Infinity, with integers of at
+   most 4,300 digits and nesting the parser can follow, else 400.
+4. The JSON must match the request model (strict types: no strings, floats
+   or booleans for integers), else 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from quart import request
+
+from ._problems import Problem
+
+MIN_FILE_ID = 10_000
+MAX_FILE_ID = 100_000_000
+
+FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class StartRequest(BaseModel):
+    """Body of ``POST /v1/download/start``. Unknown members are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    file_id: FileId
+
+
+class CheckRequest(BaseModel):
+    """Body of ``POST /v1/download/check``. Unknown members are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    file_id: FileId
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _invalid_body(detail: str, *, code: str = "invalid_body", field: str | None = None) -> Problem:
+    return Problem(400, code, "Invalid request body", detail, field=field)
+
+
+def check_json_content_type() -> None:
+    """Raise a 415 problem unless the request declares a JSON body."""
+    mimetype = request.mimetype
+    is_json = mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if not is_json or charset not in ("utf-8", "utf8"):
+        declared = request.headers.get("Content-Type") or "no Content-Type"
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            "Unsupported media type",
+            f"expected Content-Type: application/json, got {declared}",
+            headers={"Accept-Post": "application/json"},
+        )
+
+
+async def read_json_body(model: type[ModelT]) -> ModelT:
+    """Read, parse and validate the request body as ``model``; raise a ``Problem`` if invalid."""
+    check_json_content_type()
+    raw = await request.get_data(cache=False, as_text=False)
+    assert isinstance(raw, bytes)
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid_body("body is not valid UTF-8", code="invalid_json") from None
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _invalid_body("body is nested too deeply", code="invalid_json") from None
+    except json.JSONDecodeError as exc:
+        raise _invalid_body(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    except ValueError as exc:
+        # NaN or Infinity (from _reject_constant), or an integer of more than
+        # 4,300 digits, which Python refuses to convert.
+        detail = (
+            str(exc) if "not valid JSON" in str(exc) else "body contains a number too long to parse"
+        )
+        raise _invalid_body(detail, code="invalid_json") from None
+
+    if not isinstance(document, dict):
+        raise _invalid_body(f"body must be a JSON object, got {_json_type_name(document)}")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise _problem_from_validation(exc, document) from None
+
+
+def _problem_from_validation(error: ValidationError, document: dict[str, Any]) -> Problem:
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    value = document.get(str(first["loc"][0])) if first["loc"] else None
+    kind = first["type"]
+    if kind == "missing":
+        detail = f"{field} is required"
+    elif kind in ("greater_than_equal", "less_than_equal"):
+        detail = f"{field} must be from {MIN_FILE_ID} to {MAX_FILE_ID}, got {value}"
+    elif kind.startswith("int_"):
+        detail = f"{field} must be an integer, got {_json_type_name(value)}"
+    else:
+        detail = f"{field}: {first['msg']}"
+    return _invalid_body(detail, field=field)

@@ -1,0 +1,98 @@
+"""RFC 9457 problem details: the one place where errors become HTTP responses.
+
+Every error response of the service is ``application/problem+json`` with
+``type``, ``title``, ``status`` and ``detail``, plus ``code`` (a stable,
+machine-readable name), ``field`` where one input field is at fault, and
+``job`` where the error is about an existing job's state.
+
+The ``type`` URIs are tag URIs (RFC 4151): stable identifiers that are not
+meant to be dereferenced, which RFC 9457 allows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, json
+
+from engine import (
+    EngineError,
+    JobAlreadyFinished,
+    JobConflict,
+    JobNotFound,
+    ResultNotReady,
+    ResultUnavailable,
+    SupervisorClosed,
+)
+
+from ._render import render_snapshot
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "tag:download-jobs,2026:problem:"
+
+# Engine errors and the HTTP answer each one gets: (status, code, title).
+_ENGINE_ERRORS: dict[type[EngineError], tuple[int, str, str]] = {
+    JobNotFound: (404, "job_not_found", "Job not found"),
+    JobAlreadyFinished: (409, "job_already_finished", "Job already finished"),
+    ResultNotReady: (409, "result_not_ready", "Result not ready"),
+    ResultUnavailable: (410, "result_unavailable", "Result unavailable"),
+    SupervisorClosed: (503, "shutting_down", "Service shutting down"),
+}
+
+
+class Problem(Exception):
+    """An error that the service answers with a problem+json response."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.field = field
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def to_response(self) -> Response:
+        body: dict[str, Any] = {
+            "type": _TYPE_PREFIX + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.field is not None:
+            body["field"] = self.field
+        body.update(self.extra)
+        response = Response(json.dumps(body), status=self.status, content_type=PROBLEM_MEDIA_TYPE)
+        response.headers.update(self.headers)
+        return response
+
+
+def problem_from_engine_error(error: EngineError) -> Problem:
+    """Translate an engine error into the problem the client receives."""
+    status, code, title = 500, "internal_error", "Internal server error"
+    for error_type in type(error).__mro__:
+        if error_type in _ENGINE_ERRORS:
+            status, code, title = _ENGINE_ERRORS[error_type]
+            break
+
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(error, JobConflict):
+        extra["job"] = render_snapshot(error.snapshot)
+    if isinstance(error, ResultNotReady):
+        headers["Retry-After"] = "2"
+    if isinstance(error, SupervisorClosed):
+        headers["Retry-After"] = "5"
+    return Problem(status, code, title, str(error), headers=headers, extra=extra)

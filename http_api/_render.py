@@ -1,0 +1,45 @@
+"""JSON shapes of the API: engine values rendered with the contract's camelCase names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from engine import JobSnapshot, JobStatus
+
+
+def status_path(job_id: str) -> str:
+    return f"/v1/download/status/{job_id}"
+
+
+def result_path(job_id: str) -> str:
+    return f"/v1/download/{job_id}"
+
+
+def render_time(moment: datetime) -> str:
+    """Render an aware datetime as ISO 8601 UTC with milliseconds and a ``Z`` suffix."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def render_snapshot(snapshot: JobSnapshot) -> dict[str, Any]:
+    """Render a snapshot as the status document of ``GET /v1/download/status/{jobId}``."""
+    body: dict[str, Any] = {
+        "jobId": snapshot.job_id,
+        "fileId": snapshot.file_id,
+        "status": snapshot.status.value,
+        "progress": snapshot.progress,
+        "createdAt": render_time(snapshot.created_at),
+        "updatedAt": render_time(snapshot.updated_at),
+        "statusUrl": status_path(snapshot.job_id),
+    }
+    if snapshot.status is JobStatus.DONE and snapshot.result is not None:
+        body["resultUrl"] = result_path(snapshot.job_id)
+        body["result"] = {
+            "size": snapshot.result.size,
+            "mediaType": snapshot.result.media_type,
+            "fileName": snapshot.result.file_name,
+            "sha256": snapshot.result.sha256,
+        }
+    if snapshot.error is not None:
+        body["error"] = {"code": snapshot.error.code, "message": snapshot.error.message}
+    return body

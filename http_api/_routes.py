@@ -1,0 +1,130 @@
+"""HTTP routes: each one parses the request, asks the supervisor, renders the answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from engine import JobClient, JobStatus, SourceError
+
+from ._body import CheckRequest, StartRequest, read_json_body
+from ._problems import Problem
+from ._render import render_snapshot, result_path, status_path
+
+logger = logging.getLogger("http_api")
+
+CLIENT_KEY = "download_jobs.client"
+# The client polls status about this often while a job runs (seconds).
+POLL_INTERVAL_SECONDS = 2
+RESULT_CHUNK_BYTES = 64 * 1024
+# Longest a storage probe may take before /health reports it as failed (seconds).
+HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
+
+routes = Blueprint("download", __name__)
+
+
+def _jobs() -> JobClient:
+    client: JobClient = current_app.extensions[CLIENT_KEY]
+    return client
+
+
+@routes.post("/v1/download/start")
+async def start_download() -> Response:
+    body = await read_json_body(StartRequest)
+    snapshot = await _jobs().submit(body.file_id)
+    response = jsonify(
+        {
+            "jobId": snapshot.job_id,
+            "status": snapshot.status.value,
+            "statusUrl": status_path(snapshot.job_id),
+            "resultUrl": result_path(snapshot.job_id),
+        }
+    )
+    response.status_code = 202
+    response.headers["Location"] = status_path(snapshot.job_id)
+    response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
+    return response
+
+
+@routes.post("/v1/download/check")
+async def check_download() -> Response:
+    body = await read_json_body(CheckRequest)
+    size = await _jobs().check_file(body.file_id)
+    return jsonify(
+        {
+            "file_id": body.file_id,
+            "available": size is not None,
+            "s3Key": f"downloads/{body.file_id}.zip" if size is not None else None,
+            "size": size,
+        }
+    )
+
+
+@routes.get("/health")
+async def health() -> Response:
+    healthy = False
+    with trio.move_on_after(HEALTH_PROBE_TIMEOUT_SECONDS):
+        try:
+            await _jobs().check_health()
+        except SourceError as exc:
+            logger.warning("health check failed: %s", exc)
+        else:
+            healthy = True
+    if not healthy:
+        response = jsonify({"status": "unhealthy", "checks": {"storage": "error"}})
+        response.status_code = 503
+        return response
+    return jsonify({"status": "healthy", "checks": {"storage": "ok"}})
+
+
+@routes.get("/v1/download/status/<job_id:job_id>")
+async def download_status(job_id: str) -> Response:
+    snapshot = await _jobs().status(job_id)
+    response = jsonify(render_snapshot(snapshot))
+    response.headers["Cache-Control"] = "no-cache"
+    if not snapshot.status.is_terminal:
+        response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
+    return response
+
+
+@routes.get("/v1/download/<job_id:job_id>")
+async def download_result(job_id: str) -> Response:
+    result = await _jobs().open_result(job_id)
+    try:
+        file = await trio.open_file(result.path, "rb")
+    except FileNotFoundError:
+        raise Problem(
+            410,
+            "result_unavailable",
+            "Result unavailable",
+            f"the result of job {job_id} was removed",
+        ) from None
+
+    info = result.info
+    if request.method == "HEAD":
+        await file.aclose()
+        response = Response(b"", status=200, content_type=info.media_type)
+    else:
+        response = Response(_stream(file), status=200, content_type=info.media_type)
+    response.headers["Content-Length"] = str(info.size)
+    response.headers["Content-Disposition"] = f'attachment; filename="{info.file_name}"'
+    response.headers["ETag"] = f'"{info.sha256}"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@routes.delete("/v1/download/<job_id:job_id>")
+async def cancel_download(job_id: str) -> Response:
+    snapshot = await _jobs().cancel(job_id)
+    assert snapshot.status is JobStatus.CANCELLED
+    return jsonify(render_snapshot(snapshot))
+
+
+async def _stream(file: trio.abc.AsyncResource) -> AsyncIterator[bytes]:
+    """Yield the open file in chunks and close it, also when the client goes away."""
+    async with file:
+        while chunk := await file.read(RESULT_CHUNK_BYTES):  # type: ignore[attr-defined]
+            yield chunk
