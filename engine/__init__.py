@@ -9,25 +9,35 @@ from ._archive import (
     build_archive as build_archive,
     content_size as content_size,
 )
+from ._client import (
+    MAX_IDEMPOTENCY_KEY_LENGTH as MAX_IDEMPOTENCY_KEY_LENGTH,
+    JobClient as JobClient,
+)
 from ._errors import (
     EngineError as EngineError,
     FileUnavailable as FileUnavailable,
+    IdempotencyConflict as IdempotencyConflict,
     JobAlreadyFinished as JobAlreadyFinished,
     JobConflict as JobConflict,
+    JobExpired as JobExpired,
     JobNotFound as JobNotFound,
+    Overloaded as Overloaded,
     ResultNotReady as ResultNotReady,
     ResultUnavailable as ResultUnavailable,
     SettingsError as SettingsError,
     SourceError as SourceError,
     SupervisorClosed as SupervisorClosed,
+    TransientSourceError as TransientSourceError,
 )
 from ._progress import ProgressReporter as ProgressReporter, ProgressSlot as ProgressSlot
 from ._settings import (
+    MAX_MILLISECONDS as MAX_MILLISECONDS,
     EngineSettings as EngineSettings,
     read_bool as read_bool,
     read_int as read_int,
 )
 from ._snapshot import (
+    EngineStats as EngineStats,
     JobError as JobError,
     JobSnapshot as JobSnapshot,
     ResultFile as ResultFile,
@@ -36,24 +46,29 @@ from ._snapshot import (
 from ._source import SimulatedSource as SimulatedSource, Source as Source
 from ._states import InvalidTransition as InvalidTransition, JobStatus as JobStatus
 from ._supervisor import (
-    JobClient as JobClient,
     Supervisor as Supervisor,
     open_supervisor as open_supervisor,
     utc_now as utc_now,
 )
 
 __all__ = [
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "MAX_MILLISECONDS",
     "EngineError",
     "EngineSettings",
+    "EngineStats",
     "FileUnavailable",
+    "IdempotencyConflict",
     "InvalidTransition",
     "JobAlreadyFinished",
     "JobClient",
     "JobConflict",
     "JobError",
+    "JobExpired",
     "JobNotFound",
     "JobSnapshot",
     "JobStatus",
+    "Overloaded",
     "ProgressReporter",
     "ProgressSlot",
     "ResultFile",
@@ -66,6 +81,7 @@ __all__ = [
     "SourceError",
     "Supervisor",
     "SupervisorClosed",
+    "TransientSourceError",
     "archive_size",
     "build_archive",
     "content_size",

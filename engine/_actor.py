@@ -1,4 +1,4 @@
-"""The task that runs one download."""
+"""The task that runs one download, with its retries."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import trio
 
-from ._errors import SourceError
+from ._errors import SourceError, TransientSourceError
 from ._messages import ActorExited, Message
 from ._progress import ProgressSlot
+from ._retry import RetryPolicy
 from ._snapshot import JobError, ResultInfo
 from ._source import Source
 
@@ -22,11 +23,12 @@ async def run_actor(
     source: Source,
     progress: ProgressSlot,
     destination: Path,
+    retry: RetryPolicy,
     reports: trio.MemorySendChannel[Message],
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Fetch one file and report how it ended.
+    """Fetch one file, retrying transient failures, and report how it ended.
 
     Start it with ``await nursery.start(run_actor, ...)``: it hands back the
     ``CancelScope`` around the download, and cancelling that scope cancels
@@ -37,7 +39,8 @@ async def run_actor(
     own scope becomes a report with neither result nor error. Only
     cancellation from outside (the supervisor shutting down) propagates, after
     the report is sent. Unless the download succeeded, ``destination`` is
-    deleted before the report.
+    deleted before the report. The deletion is a synchronous ``unlink``, so it
+    completes even under cancellation and needs no shielded scope.
     """
     result: ResultInfo | None = None
     error: JobError | None = None
@@ -45,7 +48,9 @@ async def run_actor(
         with trio.CancelScope() as scope:
             task_status.started(scope)
             try:
-                result = await source.fetch(file_id, progress, destination)
+                result = await _fetch_with_retries(
+                    job_id, file_id, source, progress, destination, retry
+                )
             except SourceError as exc:
                 logger.warning("job %s: download failed: %s", job_id, exc)
                 error = JobError(code=exc.code, message=str(exc))
@@ -55,13 +60,44 @@ async def run_actor(
     finally:
         if result is None:
             _discard(destination)
-        report = ActorExited(job_id, result=result, error=error)
+        report = ActorExited(job_id, progress.attempt, result=result, error=error)
         try:
             reports.send_nowait(report)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The supervisor has stopped reading, so it is shutting down and
             # will not look at this job again.
             logger.debug("job %s: supervisor gone, report dropped", job_id)
+
+
+async def _fetch_with_retries(
+    job_id: str,
+    file_id: int,
+    source: Source,
+    progress: ProgressSlot,
+    destination: Path,
+    retry: RetryPolicy,
+) -> ResultInfo:
+    attempt = 1
+    while True:
+        progress.attempt = attempt
+        try:
+            return await source.fetch(file_id, progress, destination)
+        except TransientSourceError as exc:
+            progress.hold(trio.current_time())
+            _discard(destination)
+            if attempt >= retry.max_attempts:
+                raise
+            wait = retry.backoff(attempt)
+            logger.info(
+                "job %s: attempt %d of %d failed (%s), retrying in %.3f s",
+                job_id,
+                attempt,
+                retry.max_attempts,
+                exc,
+                wait,
+            )
+            await trio.sleep(wait)
+            attempt += 1
 
 
 def _discard(path: Path) -> None:

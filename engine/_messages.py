@@ -23,7 +23,13 @@ ReplyChannel = trio.MemorySendChannel[outcome.Outcome[Any]]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SubmitRequest:
+    """Create a job. With an idempotency key, an existing job for the same key
+    and fingerprint is returned instead of a new one."""
+
     file_id: int
+    timeout: float | None  # seconds from submission; None means the default
+    idempotency_key: str | None
+    fingerprint: object  # compared for equality with an earlier request's
     reply: ReplyChannel
 
 
@@ -51,8 +57,23 @@ class ListRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class StatsRequest:
+    reply: ReplyChannel
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DrainRequest:
+    """Stop accepting submissions and cancel queued jobs at once. Processing
+    jobs may run for ``grace`` seconds more before they are cancelled. The
+    reply comes once no actor is left; status queries are still answered."""
+
+    grace: float
+    reply: ReplyChannel
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ShutdownRequest:
-    """Stop accepting submissions, cancel every unfinished job, then stop."""
+    """Drain with no grace, then stop the supervisor."""
 
     reply: ReplyChannel
 
@@ -66,11 +87,19 @@ class ActorExited:
     """
 
     job_id: str
+    attempts: int
     result: ResultInfo | None = None
     error: JobError | None = None
 
 
 Request = (
-    SubmitRequest | StatusRequest | CancelRequest | ResultRequest | ListRequest | ShutdownRequest
+    SubmitRequest
+    | StatusRequest
+    | CancelRequest
+    | ResultRequest
+    | ListRequest
+    | StatsRequest
+    | DrainRequest
+    | ShutdownRequest
 )
 Message = Request | ActorExited

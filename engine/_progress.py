@@ -41,9 +41,11 @@ class ProgressSlot:
     writers update the slot; a write that would lower it is clamped.
     """
 
-    __slots__ = ("_base", "_duration", "_start", "_updated")
+    __slots__ = ("_base", "_duration", "_start", "_updated", "attempt")
 
     def __init__(self) -> None:
+        # Attempt now running, 1 for the first; the actor sets it before each.
+        self.attempt = 0
         self._base = 0.0  # fraction reached at ``_start``
         self._start: float | None = None  # trio time the linear schedule began
         self._duration = 0.0
@@ -57,6 +59,17 @@ class ProgressSlot:
     def set_fraction(self, fraction: float) -> None:
         now = trio.current_time()
         self._base = max(self.fraction(now), min(max(fraction, 0.0), 1.0))
+        self._start = None
+        self._updated = now
+
+    def hold(self, now: float) -> None:
+        """Stop a linear schedule at the value it reached at ``now``.
+
+        A retry calls this when an attempt fails, so progress neither runs on
+        during the backoff nor falls back; the next attempt's schedule then
+        spreads the remaining share over its own duration.
+        """
+        self._base = self.fraction(now)
         self._start = None
         self._updated = now
 

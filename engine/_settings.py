@@ -7,6 +7,7 @@ at start-up with one line naming the variable, never halfway through a job.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def read_int(
     return value
 
 
+def read_fraction(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Read a decimal number from 0 to 1, such as a probability."""
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise SettingsError(name, raw, "a decimal number from 0 to 1")
+    return value
+
+
 def read_optional_int(
     environ: Mapping[str, str], name: str, *, minimum: int, maximum: int
 ) -> int | None:
@@ -92,14 +107,45 @@ class EngineSettings:
     download_availability: str = "all"
     # Seed of the random draws (delays); None draws a fresh seed per process.
     download_random_seed: int | None = None
-    # Processing slots: jobs beyond this many wait queued, in FIFO order.
+    # Probability (0.0-1.0) that one attempt of a simulated download fails
+    # transiently, at a uniformly drawn point of its delay.
+    download_failure_rate: float = 0.0
+    # Processing slots: jobs beyond this many wait queued, in FIFO order. A
+    # processing simulated job is one sleeping task and a few small objects,
+    # and at 10,000 of them with the default delays about 150 jobs finish per
+    # second, whose archives take roughly a quarter of one core to generate.
     max_concurrent_jobs: int = 10_000
+    # Jobs that may wait queued; further starts are rejected until room frees.
+    max_queued_jobs: int = 100_000
+    # Jobs kept in the table, finished ones included. The oldest finished jobs
+    # are evicted first to make room; jobs in flight never are.
+    max_retained_jobs: int = 200_000
+    # Ids of removed jobs remembered to answer "expired" instead of "not found".
+    max_tombstones: int = 100_000
+    # Longest a job may take from submission to its end, queue time included.
+    job_timeout_ms: int = 300_000
+    # How long a finished job and its result are kept.
+    job_ttl_ms: int = 3_600_000
+    # Attempts per job in all, the first included; only transient failures retry.
+    job_max_attempts: int = 3
+    # Backoff before retry n is drawn uniformly from
+    # [0, min(cap, base * 2 ** (n - 1))] ("full jitter").
+    retry_backoff_base_ms: int = 1_000
+    retry_backoff_cap_ms: int = 30_000
+    # On shutdown, how long processing jobs may run on before they are cancelled.
+    shutdown_grace_ms: int = 20_000
     # Snapshots report progress in steps of this many percent.
     progress_step_percent: int = 5
     # Where results are written; None makes a temporary folder per process.
     results_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.max_retained_jobs < self.max_concurrent_jobs:
+            raise SettingsError(
+                "MAX_RETAINED_JOBS",
+                str(self.max_retained_jobs),
+                f"a value no smaller than MAX_CONCURRENT_JOBS ({self.max_concurrent_jobs})",
+            )
         if self.download_availability not in AVAILABILITY_MODES:
             raise SettingsError(
                 "DOWNLOAD_AVAILABILITY",
@@ -118,6 +164,18 @@ class EngineSettings:
                 str(self.download_size_min_bytes),
                 f"a value no greater than DOWNLOAD_SIZE_MAX_BYTES ({self.download_size_max_bytes})",
             )
+
+    @property
+    def job_timeout(self) -> float:
+        return self.job_timeout_ms / 1000
+
+    @property
+    def job_ttl(self) -> float:
+        return self.job_ttl_ms / 1000
+
+    @property
+    def shutdown_grace(self) -> float:
+        return self.shutdown_grace_ms / 1000
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> EngineSettings:
@@ -169,6 +227,81 @@ class EngineSettings:
             or defaults.download_availability,
             download_random_seed=read_optional_int(
                 environ, "DOWNLOAD_RANDOM_SEED", minimum=0, maximum=2**63 - 1
+            ),
+            download_failure_rate=read_fraction(
+                environ, "DOWNLOAD_FAILURE_RATE", defaults.download_failure_rate
+            ),
+            max_queued_jobs=read_int(
+                environ,
+                "MAX_QUEUED_JOBS",
+                defaults.max_queued_jobs,
+                minimum=0,
+                maximum=10_000_000,
+                unit="jobs",
+            ),
+            max_retained_jobs=read_int(
+                environ,
+                "MAX_RETAINED_JOBS",
+                defaults.max_retained_jobs,
+                minimum=1,
+                maximum=10_000_000,
+                unit="jobs",
+            ),
+            max_tombstones=read_int(
+                environ,
+                "MAX_TOMBSTONES",
+                defaults.max_tombstones,
+                minimum=0,
+                maximum=10_000_000,
+                unit="job ids",
+            ),
+            job_timeout_ms=read_int(
+                environ,
+                "JOB_TIMEOUT_MS",
+                defaults.job_timeout_ms,
+                minimum=1,
+                maximum=MAX_MILLISECONDS,
+                unit="milliseconds",
+            ),
+            job_ttl_ms=read_int(
+                environ,
+                "JOB_TTL_MS",
+                defaults.job_ttl_ms,
+                minimum=0,
+                maximum=MAX_MILLISECONDS,
+                unit="milliseconds",
+            ),
+            job_max_attempts=read_int(
+                environ,
+                "JOB_MAX_ATTEMPTS",
+                defaults.job_max_attempts,
+                minimum=1,
+                maximum=100,
+                unit="attempts",
+            ),
+            retry_backoff_base_ms=read_int(
+                environ,
+                "RETRY_BACKOFF_BASE_MS",
+                defaults.retry_backoff_base_ms,
+                minimum=0,
+                maximum=MAX_MILLISECONDS,
+                unit="milliseconds",
+            ),
+            retry_backoff_cap_ms=read_int(
+                environ,
+                "RETRY_BACKOFF_CAP_MS",
+                defaults.retry_backoff_cap_ms,
+                minimum=0,
+                maximum=MAX_MILLISECONDS,
+                unit="milliseconds",
+            ),
+            shutdown_grace_ms=read_int(
+                environ,
+                "SHUTDOWN_GRACE_MS",
+                defaults.shutdown_grace_ms,
+                minimum=0,
+                maximum=MAX_MILLISECONDS,
+                unit="milliseconds",
             ),
             max_concurrent_jobs=read_int(
                 environ,

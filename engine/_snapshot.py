@@ -48,6 +48,14 @@ class JobSnapshot:
     # Seconds until the engine expects the job to finish, or None when it has
     # no estimate (queued, finished, or a source that reports no schedule).
     eta_seconds: float | None = None
+    # 1 for the next job to start; None unless queued.
+    queue_position: int | None = None
+    # Attempt running or last run, 1 for the first; 0 before the job starts.
+    attempt: int = 0
+    # When the job fails with code "timeout" unless it has finished.
+    deadline_at: datetime | None = None
+    # When a finished job and its result will be removed.
+    expires_at: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,3 +70,15 @@ class ResultFile:
     snapshot: JobSnapshot
     path: Path
     info: ResultInfo
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Sizes of the supervisor's tables at one moment."""
+
+    jobs: int  # rows in the job table
+    by_status: dict[str, int]  # rows per status value
+    queued: int  # jobs in the queue
+    running_actors: int  # actor tasks alive, cancelled ones not yet exited included
+    tombstones: int
+    accepting: bool  # False once draining or shutting down

@@ -14,7 +14,7 @@ from typing import Protocol
 import trio
 
 from ._archive import archive_size, build_archive, content_size
-from ._errors import FileUnavailable
+from ._errors import FileUnavailable, TransientSourceError
 from ._progress import ProgressReporter
 from ._settings import EngineSettings
 from ._snapshot import ResultInfo
@@ -58,8 +58,10 @@ class SimulatedSource:
 
     The delay is drawn uniformly from the configured range with a PRNG seeded
     by ``download_random_seed``, so a run with a fixed seed and the same order
-    of submissions draws the same delays. The archive depends on the file id
-    only (see ``engine._archive``).
+    of submissions draws the same delays and failures. Each attempt fails with
+    probability ``download_failure_rate``, after a uniformly drawn share of
+    its delay, with ``TransientSourceError``. The archive depends on the file
+    id only (see ``engine._archive``).
     """
 
     def __init__(self, settings: EngineSettings) -> None:
@@ -107,6 +109,9 @@ class SimulatedSource:
         # supervisor derive progress at any moment without waking this task.
         delay = self.draw_delay()
         progress.advance_linearly(trio.current_time(), delay)
+        if self._rng.random() < self._settings.download_failure_rate:
+            await trio.sleep(delay * self._rng.random())
+            raise TransientSourceError(f"simulated transient failure of file {file_id}")
         await trio.sleep(delay)
 
         return await build_archive(file_id, self._content_size(file_id), destination)

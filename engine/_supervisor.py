@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-Only the supervisor task reads or writes ``Supervisor._jobs``. Everyone else
-talks to it by message: callers through ``JobClient``, which puts a request
-with a one-shot reply channel into the inbox and waits on that channel, and
-actors through one final ``ActorExited`` report. Because one task handles one
-message at a time, each request sees and leaves the table in a consistent
-state without locks, and a cancel that races with a completion is decided by
-whichever message arrives first.
+Only the supervisor task reads or writes the job table (``engine._table``).
+Everyone else talks to it by message: callers through ``JobClient``, which
+puts a request with a one-shot reply channel into the inbox and waits on that
+channel, and actors through one final ``ActorExited`` report. Because one
+task handles one message at a time, each request sees and leaves the table in
+a consistent state without locks, and a cancel that races with a completion
+is decided by whichever message arrives first.
 
 The inbox buffer is unbounded on purpose. Every sender has at most one
 message in it at a time (a caller waits for its reply, an actor sends one
@@ -27,14 +27,24 @@ back at start-up. At most ``max_concurrent_jobs`` actors exist at once; other
 jobs wait in a FIFO queue and have no task at all, so a queued job costs only
 its table entry.
 
+Timers need no tasks either. The loop waits for the next message with
+``trio.move_on_at`` set to the earliest of three times: the next job deadline
+(a heap), the next expiry (the oldest finished job, because every job has the
+same time to live) and the end of a shutdown grace period. After each wake-up
+it handles what is due, in batches of at most ``TIMER_BATCH`` jobs so that a
+burst of expiries cannot stall the inbox.
+
 Progress travels without messages: see ``engine._progress``.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import logging
 import math
+import random
 import shutil
 import tempfile
 import uuid
@@ -48,9 +58,13 @@ import outcome
 import trio
 
 from ._actor import run_actor
+from ._client import JobClient
 from ._errors import (
+    IdempotencyConflict,
     JobAlreadyFinished,
+    JobExpired,
     JobNotFound,
+    Overloaded,
     ResultNotReady,
     ResultUnavailable,
     SupervisorClosed,
@@ -58,152 +72,43 @@ from ._errors import (
 from ._messages import (
     ActorExited,
     CancelRequest,
+    DrainRequest,
     ListRequest,
     Message,
     ReplyChannel,
-    Request,
     ResultRequest,
     ShutdownRequest,
+    StatsRequest,
     StatusRequest,
     SubmitRequest,
 )
+from ._metrics import EngineMetrics
 from ._progress import ProgressSlot
+from ._retry import RetryPolicy
 from ._settings import EngineSettings
-from ._snapshot import JobError, JobSnapshot, ResultFile, ResultInfo
+from ._snapshot import EngineStats, JobError, JobSnapshot, ResultFile
 from ._source import SimulatedSource, Source
-from ._states import JobStatus, check_transition
+from ._states import JobStatus
+from ._table import Job, JobTable
 
 logger = logging.getLogger("engine")
 
 WallClock = Callable[[], datetime]
 
+# Most timers (deadlines or expiries) handled in one pass of the loop.
+TIMER_BATCH = 1000
+# Completions counted for the Retry-After estimate of a rejected start (seconds).
+COMPLETION_WINDOW_SECONDS = 60.0
+# Retry-After bounds for a rejected start, and the value used with no
+# completion in the window (seconds).
+MIN_RETRY_AFTER_SECONDS = 1.0
+MAX_RETRY_AFTER_SECONDS = 60.0
+DEFAULT_RETRY_AFTER_SECONDS = 10.0
+
 
 def utc_now() -> datetime:
     """Return the current wall-clock time, timezone-aware in UTC."""
     return datetime.now(UTC)
-
-
-class _Job:
-    """One row of the job table. Only the supervisor task touches it."""
-
-    __slots__ = (
-        "created_at",
-        "error",
-        "file_id",
-        "job_id",
-        "progress",
-        "result",
-        "result_path",
-        "scope",
-        "slot",
-        "status",
-        "updated_at",
-    )
-
-    def __init__(self, job_id: str, file_id: int, created_at: datetime) -> None:
-        self.job_id = job_id
-        self.file_id = file_id
-        self.status = JobStatus.QUEUED
-        self.progress = 0  # last reported percentage; only grows
-        self.created_at = created_at
-        self.updated_at = created_at
-        self.slot: ProgressSlot | None = None  # set while processing
-        self.scope: trio.CancelScope | None = None  # the actor's scope while it runs
-        self.result: ResultInfo | None = None
-        self.result_path: Path | None = None
-        self.error: JobError | None = None
-
-
-class JobClient:
-    """The handle through which other tasks use a running supervisor.
-
-    Every method sends one request and waits for its reply. Cancellation: a
-    method cancelled while it waits raises ``trio.Cancelled``, but a request
-    that already reached the inbox still takes effect (a submitted job stays
-    submitted, a cancel still cancels) and its reply is dropped. After the
-    supervisor has stopped, every method raises ``SupervisorClosed``.
-    """
-
-    def __init__(self, inbox: trio.MemorySendChannel[Message], source: Source) -> None:
-        self._inbox = inbox
-        self._source = source
-
-    async def submit(self, file_id: int) -> JobSnapshot:
-        """Create a queued job for ``file_id``; it is in the table when this returns."""
-        snapshot: JobSnapshot = await self._request(lambda reply: SubmitRequest(file_id, reply))
-        return snapshot
-
-    async def status(self, job_id: str) -> JobSnapshot:
-        """Return the job's current snapshot, or raise ``JobNotFound``."""
-        snapshot: JobSnapshot = await self._request(lambda reply: StatusRequest(job_id, reply))
-        return snapshot
-
-    async def cancel(self, job_id: str) -> JobSnapshot:
-        """Cancel a queued or processing job and return its ``cancelled`` snapshot.
-
-        Idempotent: cancelling a cancelled job returns the same state. Raises
-        ``JobAlreadyFinished`` for a done or failed job and ``JobNotFound``
-        for an unknown id. The job reads ``cancelled`` in the returned
-        snapshot; its actor unwinds right after.
-        """
-        snapshot: JobSnapshot = await self._request(lambda reply: CancelRequest(job_id, reply))
-        return snapshot
-
-    async def open_result(self, job_id: str) -> ResultFile:
-        """Return where a done job's file is and what it is.
-
-        Raises ``ResultNotReady`` while the job is queued or processing,
-        ``ResultUnavailable`` when it failed or was cancelled, and
-        ``JobNotFound`` for an unknown id.
-        """
-        result: ResultFile = await self._request(lambda reply: ResultRequest(job_id, reply))
-        return result
-
-    async def list_jobs(self) -> list[JobSnapshot]:
-        """Return a snapshot of every job in the table, oldest first."""
-        snapshots: list[JobSnapshot] = await self._request(ListRequest)
-        return snapshots
-
-    async def shutdown(self) -> None:
-        """Stop accepting jobs, cancel every unfinished one, and wait until no actor is left.
-
-        Safe to call more than once and after the supervisor has stopped.
-        """
-        try:
-            await self._request(ShutdownRequest)
-        except SupervisorClosed:
-            pass
-
-    async def check_file(self, file_id: int) -> int | None:
-        """Ask the source whether ``file_id`` exists; return its size in bytes or None.
-
-        Runs in the caller's task, not the supervisor's, and starts no job.
-        """
-        return await self._source.check(file_id)
-
-    async def check_health(self) -> None:
-        """Probe the source's storage; raise ``SourceError`` if it fails.
-
-        Runs in the caller's task; wrap it in a cancel scope to bound it.
-        """
-        await self._source.check_health()
-
-    def pending_messages(self) -> int:
-        """Return how many messages wait in the supervisor's inbox (mailbox depth)."""
-        return self._inbox.statistics().current_buffer_used
-
-    async def _request(self, build: Callable[[ReplyChannel], Request]) -> Any:
-        reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
-        with reply_receive:
-            try:
-                await self._inbox.send(build(reply_send))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise SupervisorClosed() from None
-            try:
-                reply = await reply_receive.receive()
-            except trio.EndOfChannel:
-                raise SupervisorClosed() from None
-        return reply.unwrap()
 
 
 class Supervisor:
@@ -223,11 +128,25 @@ class Supervisor:
         self._source: Source = source if source is not None else SimulatedSource(settings)
         self._wall_clock = wall_clock
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[Message](math.inf)
-        self._jobs: dict[str, _Job] = {}
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._table = JobTable(settings.max_tombstones)
+        self._deadlines: list[tuple[float, int, Job]] = []  # heap of (deadline, sequence, job)
+        self._sequence = itertools.count()
+        self._completions: collections.deque[float] = collections.deque()
+        self._retry = RetryPolicy(
+            max_attempts=settings.job_max_attempts,
+            base=settings.retry_backoff_base_ms / 1000,
+            cap=settings.retry_backoff_cap_ms / 1000,
+            rng=random.Random(settings.download_random_seed),
+        )
+        self.metrics = EngineMetrics(
+            mailbox_depth=lambda: self._inbox_send.statistics().current_buffer_used
+        )
         self._running = 0  # actors started and not yet reported
-        self._stopping = False
-        self._shutdown_replies: list[ReplyChannel] = []
+        self._accepting = True
+        self._grace_deadline = math.inf  # trio time processing jobs are cancelled at
+        self._stop_requested = False
+        self._drain_replies: list[ReplyChannel] = []
+        self._stop_replies: list[ReplyChannel] = []
         self._results_dir = Path()
         self._actors: trio.Nursery | None = None
 
@@ -247,23 +166,35 @@ class Supervisor:
                 async with trio.open_nursery() as actors:
                     self._actors = actors
                     logger.info("supervisor started, results in %s", results_dir)
-                    task_status.started(JobClient(self._inbox_send.clone(), self._source))
-                    async for message in self._inbox_receive:
-                        await self._handle(message)
-                        if self._stopping and self._running == 0:
-                            break
+                    client = JobClient(
+                        self._inbox_send.clone(), self._source, self.metrics.registry
+                    )
+                    task_status.started(client)
+                    await self._serve()
             finally:
                 self._close()
-        for reply in self._shutdown_replies:
+        for reply in self._stop_replies:
             _send_reply(reply, outcome.Value(None))
         logger.info("supervisor stopped")
 
+    async def _serve(self) -> None:
+        while not (self._stop_requested and self._running == 0):
+            message: Message | None = None
+            with trio.move_on_at(self._next_wakeup()):
+                message = await self._inbox_receive.receive()
+            if message is not None:
+                self._handle(message)
+            self._fire_timers(trio.current_time())
+            await self._admit_queued()
+            self._finish_drain()
+            self._update_gauges()
+
     # -- dispatch ---------------------------------------------------------
 
-    async def _handle(self, message: Message) -> None:
+    def _handle(self, message: Message) -> None:
         match message:
-            case SubmitRequest(file_id=file_id, reply=reply):
-                _send_reply(reply, outcome.capture(self._submit, file_id))
+            case SubmitRequest(reply=reply):
+                _send_reply(reply, outcome.capture(self._submit, message))
             case StatusRequest(job_id=job_id, reply=reply):
                 _send_reply(reply, outcome.capture(self._status, job_id))
             case CancelRequest(job_id=job_id, reply=reply):
@@ -272,26 +203,90 @@ class Supervisor:
                 _send_reply(reply, outcome.capture(self._result, job_id))
             case ListRequest(reply=reply):
                 now = trio.current_time()
-                _send_reply(
-                    reply, outcome.Value([self._snapshot(j, now) for j in self._jobs.values()])
-                )
+                snapshots = [self._snapshot(job, now) for job in self._table.jobs.values()]
+                _send_reply(reply, outcome.Value(snapshots))
+            case StatsRequest(reply=reply):
+                _send_reply(reply, outcome.Value(self._stats()))
+            case DrainRequest(grace=grace, reply=reply):
+                self._drain_replies.append(reply)
+                self._begin_drain(grace)
             case ShutdownRequest(reply=reply):
-                self._shutdown_replies.append(reply)
-                self._begin_shutdown()
+                self._stop_replies.append(reply)
+                self._stop_requested = True
+                self._begin_drain(0.0)
             case ActorExited():
                 self._actor_exited(message)
-        await self._admit_queued()
 
     # -- requests ---------------------------------------------------------
 
-    def _submit(self, file_id: int) -> JobSnapshot:
-        if self._stopping:
+    def _submit(self, request: SubmitRequest) -> tuple[JobSnapshot, bool]:
+        now = trio.current_time()
+        if not self._accepting:
             raise SupervisorClosed()
-        job = _Job(str(uuid.uuid4()), file_id, self._wall_clock())
-        self._jobs[job.job_id] = job
-        self._queue.append(job)
-        logger.info("job %s: queued (file %d)", job.job_id, file_id)
-        return self._snapshot(job, trio.current_time())
+
+        key = request.idempotency_key
+        if key is not None:
+            existing = self._table.job_for_key(key)
+            if existing is not None:
+                if existing.fingerprint != request.fingerprint:
+                    raise IdempotencyConflict(key, existing.job_id)
+                return self._snapshot(existing, now), False
+
+        self._make_room(now)
+        default_timeout = self._settings.job_timeout
+        timeout = (
+            default_timeout if request.timeout is None else min(request.timeout, default_timeout)
+        )
+        job = Job(
+            str(uuid.uuid4()),
+            request.file_id,
+            sequence=next(self._sequence),
+            created_at=self._wall_clock(),
+            submitted_at=now,
+            timeout=timeout,
+        )
+        job.idempotency_key = key
+        job.fingerprint = request.fingerprint
+        self._table.add(job)
+        heapq.heappush(self._deadlines, (job.deadline, job.sequence, job))
+        self.metrics.submitted.inc()
+        logger.info("job %s: queued (file %d, timeout %g s)", job.job_id, job.file_id, timeout)
+        return self._snapshot(job, now), True
+
+    def _make_room(self, now: float) -> None:
+        """Raise ``Overloaded`` unless a new job fits the queue and the table."""
+        settings = self._settings
+        free_slots = max(settings.max_concurrent_jobs - self._running, 0)
+        waiting = self._table.queued_count()
+        if waiting - free_slots >= settings.max_queued_jobs:
+            self.metrics.rejected.labels(reason="queue_full").inc()
+            raise Overloaded(
+                f"the queue is full: {waiting} jobs are waiting", self._retry_after(now)
+            )
+
+        if len(self._table) >= settings.max_retained_jobs:
+            oldest = self._table.oldest_finished()
+            if oldest is None:
+                self.metrics.rejected.labels(reason="table_full").inc()
+                raise Overloaded(
+                    f"the job table is full: {len(self._table)} jobs are in flight",
+                    self._retry_after(now),
+                )
+            self._remove(oldest, "evicted to make room")
+            self.metrics.evictions.inc()
+
+    def _retry_after(self, now: float) -> float:
+        """Estimate the seconds until a processing slot frees, from recent completions."""
+        self._forget_old_completions(now)
+        if not self._completions:
+            return DEFAULT_RETRY_AFTER_SECONDS
+        span = min(COMPLETION_WINDOW_SECONDS, max(now - self._completions[0], 1.0))
+        rate = len(self._completions) / span
+        return min(max(1.0 / rate, MIN_RETRY_AFTER_SECONDS), MAX_RETRY_AFTER_SECONDS)
+
+    def _forget_old_completions(self, now: float) -> None:
+        while self._completions and self._completions[0] < now - COMPLETION_WINDOW_SECONDS:
+            self._completions.popleft()
 
     def _status(self, job_id: str) -> JobSnapshot:
         return self._snapshot(self._lookup(job_id), trio.current_time())
@@ -301,10 +296,8 @@ class Supervisor:
         now = trio.current_time()
         if job.status in (JobStatus.DONE, JobStatus.FAILED):
             raise JobAlreadyFinished(self._snapshot(job, now))
-        if job.status is JobStatus.PROCESSING:
-            self._refresh_progress(job, now)
         if job.status is not JobStatus.CANCELLED:
-            self._transition(job, JobStatus.CANCELLED, reason="on request")
+            self._transition(job, JobStatus.CANCELLED, now, reason="on request")
         return self._snapshot(job, now)
 
     def _result(self, job_id: str) -> ResultFile:
@@ -317,26 +310,41 @@ class Supervisor:
             raise ResultUnavailable(snapshot)
         raise ResultNotReady(snapshot)
 
-    def _lookup(self, job_id: str) -> _Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job
+    def _lookup(self, job_id: str) -> Job:
+        job = self._table.get(job_id)
+        if job is not None:
+            return job
+        if self._table.is_tombstone(job_id):
+            raise JobExpired(job_id)
+        raise JobNotFound(job_id)
+
+    def _stats(self) -> EngineStats:
+        return EngineStats(
+            jobs=len(self._table),
+            by_status={status.value: self._table.counts[status] for status in JobStatus},
+            queued=self._table.queued_count(),
+            running_actors=self._running,
+            tombstones=self._table.tombstone_count(),
+            accepting=self._accepting,
+        )
 
     # -- actors -----------------------------------------------------------
 
     async def _admit_queued(self) -> None:
-        """Start actors for queued jobs while processing slots are free."""
-        while self._queue and self._running < self._settings.max_concurrent_jobs:
-            job = self._queue.popleft()
-            if job.status is not JobStatus.QUEUED:
-                continue  # cancelled while it waited
+        """Start actors for queued jobs, oldest first, while processing slots are free."""
+        while self._running < self._settings.max_concurrent_jobs:
+            job = self._table.peek_queued()
+            if job is None:
+                return
             await self._start_actor(job)
 
-    async def _start_actor(self, job: _Job) -> None:
+    async def _start_actor(self, job: Job) -> None:
         assert self._actors is not None
         job.slot = ProgressSlot()
-        job.result_path = self._results_dir / f"{job.job_id}.zip"
+        job.result_path = self._result_path(job.job_id)
+        job.started_at = trio.current_time()
+        self._transition(job, JobStatus.PROCESSING, job.started_at)
+        self._running += 1
         job.scope = await self._actors.start(
             run_actor,
             job.job_id,
@@ -344,53 +352,116 @@ class Supervisor:
             self._source,
             job.slot,
             job.result_path,
+            self._retry,
             self._inbox_send,
         )
-        self._running += 1
-        self._transition(job, JobStatus.PROCESSING)
+
+    def _result_path(self, job_id: str) -> Path:
+        return self._results_dir / f"{job_id}.zip"
 
     def _actor_exited(self, report: ActorExited) -> None:
         self._running -= 1
-        job = self._jobs.get(report.job_id)
+        now = trio.current_time()
+        self._completions.append(now)
+        self._forget_old_completions(now)
+        self.metrics.attempts.inc(report.attempts)
+        self.metrics.retries.inc(max(report.attempts - 1, 0))
+
+        job = self._table.get(report.job_id)
         if job is None or job.status.is_terminal:
-            # The job was cancelled while the actor finished: the cancel won,
-            # so a result that arrived too late is discarded.
-            if report.result is not None and job is not None and job.result_path is not None:
-                job.result_path.unlink(missing_ok=True)
-                logger.debug("job %s: discarded result finished after cancel", report.job_id)
+            # The job was cancelled, timed out or removed while the actor
+            # finished: that decision stands, and a late result is discarded.
+            if report.result is not None:
+                self._result_path(report.job_id).unlink(missing_ok=True)
+                logger.debug("job %s: discarded a result that arrived too late", report.job_id)
             if job is not None:
-                job.scope = job.slot = None
+                job.scope = None
             return
 
-        now = trio.current_time()
-        self._refresh_progress(job, now)
         if report.result is not None:
             job.result = report.result
-            self._transition(job, JobStatus.DONE)
+            self._transition(job, JobStatus.DONE, now)
         elif report.error is not None:
             job.error = report.error
-            self._transition(
-                job, JobStatus.FAILED, reason=f"{report.error.code}: {report.error.message}"
-            )
+            reason = f"{report.error.code}: {report.error.message}"
+            self._transition(job, JobStatus.FAILED, now, reason=reason)
         else:
-            self._transition(job, JobStatus.CANCELLED, reason="by shutdown")
-        job.scope = job.slot = None
+            self._transition(job, JobStatus.CANCELLED, now, reason="by shutdown")
+        job.scope = None
+
+    # -- timers -----------------------------------------------------------
+
+    def _next_wakeup(self) -> float:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].status.is_terminal:
+            heapq.heappop(deadlines)  # the job ended before its deadline
+        wakeup = self._grace_deadline
+        if deadlines:
+            wakeup = min(wakeup, deadlines[0][0])
+        oldest = self._table.oldest_finished()
+        if oldest is not None and oldest.finished_at is not None:
+            wakeup = min(wakeup, oldest.finished_at + self._settings.job_ttl)
+        return wakeup
+
+    def _fire_timers(self, now: float) -> None:
+        handled = 0
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now and handled < TIMER_BATCH:
+            _, _, job = heapq.heappop(deadlines)
+            if not job.status.is_terminal:
+                self._time_out(job, now)
+                handled += 1
+
+        ttl = self._settings.job_ttl
+        while handled < TIMER_BATCH:
+            oldest = self._table.oldest_finished()
+            if oldest is None or oldest.finished_at is None or oldest.finished_at + ttl > now:
+                break
+            self._remove(oldest, "expired")
+            self.metrics.expired.inc()
+            handled += 1
+
+        if now >= self._grace_deadline:
+            self._grace_deadline = math.inf
+            self._cancel_unfinished(now, "shutdown grace period ended")
+
+    def _time_out(self, job: Job, now: float) -> None:
+        job.error = JobError(
+            code="timeout", message=f"the job did not finish within {job.timeout:g} s"
+        )
+        self.metrics.timeouts.inc()
+        self._transition(job, JobStatus.FAILED, now, reason=f"timeout after {job.timeout:g} s")
+
+    def _remove(self, job: Job, reason: str) -> None:
+        if job.result_path is not None:
+            job.result_path.unlink(missing_ok=True)
+        self._table.remove(job)
+        logger.info("job %s: removed (%s)", job.job_id, reason)
 
     # -- state ------------------------------------------------------------
 
-    def _transition(self, job: _Job, new: JobStatus, *, reason: str = "") -> None:
-        check_transition(job.status, new)
-        old, job.status = job.status, new
+    def _transition(self, job: Job, new: JobStatus, now: float, *, reason: str = "") -> None:
+        """Move ``job`` to ``new``; on a terminal state, also cancel its actor."""
+        self._refresh_progress(job, now)
+        old = self._table.move(job, new)
         job.updated_at = max(job.updated_at, self._wall_clock())
         if new is JobStatus.DONE:
             job.progress = 100
-        if new is JobStatus.CANCELLED and job.scope is not None:
-            job.scope.cancel()
+        if new.is_terminal:
+            job.finished_at = now
+            if job.slot is not None:
+                job.slot.hold(now)
+            if job.scope is not None:
+                job.scope.cancel()
+            self.metrics.finished.labels(state=new.value).inc()
+            self.metrics.duration.labels(state=new.value).observe(now - job.submitted_at)
+            if new is JobStatus.CANCELLED:
+                self.metrics.cancellations.inc()
         logger.info(
             "job %s: %s -> %s%s", job.job_id, old.value, new.value, f" ({reason})" if reason else ""
         )
 
-    def _refresh_progress(self, job: _Job, now: float) -> None:
+    def _refresh_progress(self, job: Job, now: float) -> None:
         """Fold the actor's progress slot into ``job.progress`` (processing jobs only)."""
         if job.status is not JobStatus.PROCESSING or job.slot is None:
             return
@@ -400,16 +471,26 @@ class Supervisor:
         if percent > job.progress:
             job.progress = percent
             reached = job.slot.reached_at(percent / 100, now)
-            wall = self._wall_clock() - timedelta(seconds=now - reached)
-            job.updated_at = max(job.updated_at, wall)
+            job.updated_at = max(job.updated_at, self._wall_at(reached, now))
 
-    def _snapshot(self, job: _Job, now: float) -> JobSnapshot:
+    def _wall_at(self, moment: float, now: float) -> datetime:
+        """Convert trio time ``moment`` to wall-clock time, given trio time ``now``."""
+        return self._wall_clock() - timedelta(seconds=now - moment)
+
+    def _snapshot(self, job: Job, now: float) -> JobSnapshot:
         self._refresh_progress(job, now)
         eta: float | None = None
+        queue_position: int | None = None
         if job.status is JobStatus.PROCESSING and job.slot is not None:
             finishes_at = job.slot.finishes_at()
             if finishes_at is not None:
                 eta = max(finishes_at - now, 0.0)
+        if job.status is JobStatus.QUEUED:
+            queue_position = self._table.queue_position(job)
+        terminal = job.status.is_terminal
+        expires_at = None
+        if terminal and job.finished_at is not None:
+            expires_at = self._wall_at(job.finished_at + self._settings.job_ttl, now)
         return JobSnapshot(
             job_id=job.job_id,
             file_id=job.file_id,
@@ -420,34 +501,56 @@ class Supervisor:
             result=job.result if job.status is JobStatus.DONE else None,
             error=job.error if job.status is JobStatus.FAILED else None,
             eta_seconds=eta,
+            queue_position=queue_position,
+            attempt=job.slot.attempt if job.slot is not None else 0,
+            deadline_at=None if terminal else self._wall_at(job.deadline, now),
+            expires_at=expires_at,
         )
+
+    def _update_gauges(self) -> None:
+        metrics = self.metrics
+        for status in JobStatus:
+            metrics.jobs.labels(state=status.value).set(self._table.counts[status])
+        metrics.queue_depth.set(self._table.queued_count())
+        metrics.in_flight.set(self._table.in_flight_count())
+        metrics.running_actors.set(self._running)
 
     # -- shutdown ---------------------------------------------------------
 
-    def _begin_shutdown(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        logger.info("supervisor shutting down: cancelling %d unfinished jobs", self._unfinished())
-        self._cancel_unfinished("by shutdown")
-
-    def _cancel_unfinished(self, reason: str) -> None:
+    def _begin_drain(self, grace: float) -> None:
         now = trio.current_time()
-        for job in self._jobs.values():
-            if not job.status.is_terminal:
-                self._refresh_progress(job, now)
-                self._transition(job, JobStatus.CANCELLED, reason=reason)
+        self._grace_deadline = min(self._grace_deadline, now + grace)
+        if not self._accepting:
+            return
+        self._accepting = False
+        logger.info(
+            "supervisor draining: %d queued jobs cancelled, %d processing get %g s",
+            self._table.queued_count(),
+            self._table.counts[JobStatus.PROCESSING],
+            grace,
+        )
+        for job in self._table.queued_jobs():
+            self._transition(job, JobStatus.CANCELLED, now, reason="by shutdown")
 
-    def _unfinished(self) -> int:
-        return sum(1 for job in self._jobs.values() if not job.status.is_terminal)
+    def _finish_drain(self) -> None:
+        if self._accepting or self._running > 0 or not self._drain_replies:
+            return
+        for reply in self._drain_replies:
+            _send_reply(reply, outcome.Value(None))
+        self._drain_replies.clear()
+
+    def _cancel_unfinished(self, now: float, reason: str) -> None:
+        for job in list(self._table.jobs.values()):
+            if not job.status.is_terminal:
+                self._transition(job, JobStatus.CANCELLED, now, reason=reason)
 
     def _close(self) -> None:
         """Reject what is left in the inbox and mark unfinished jobs cancelled.
 
         Synchronous, so it completes even when the supervisor was cancelled.
         """
-        self._stopping = True
-        self._cancel_unfinished("by shutdown")
+        self._accepting = False
+        self._cancel_unfinished(trio.current_time(), "by shutdown")
         self._inbox_receive.close()
         while True:
             try:
@@ -456,6 +559,9 @@ class Supervisor:
                 break
             if not isinstance(message, ActorExited):
                 _send_reply(message.reply, outcome.Error(SupervisorClosed()))
+        for reply in self._drain_replies:
+            _send_reply(reply, outcome.Value(None))
+        self._drain_replies.clear()
 
     @contextmanager
     def _open_results_dir(self) -> Iterator[Path]:
@@ -491,7 +597,8 @@ async def open_supervisor(
     """Run a supervisor for the duration of the ``async with`` block.
 
     On exit, unfinished jobs are cancelled and the block waits until every
-    actor has ended.
+    actor has ended. An exception from the block arrives wrapped in an
+    ``ExceptionGroup``, because the block runs inside the supervisor's nursery.
     """
     supervisor = Supervisor(settings, source, wall_clock=wall_clock)
     async with trio.open_nursery() as nursery:

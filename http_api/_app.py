@@ -13,7 +13,7 @@ from werkzeug.routing import BaseConverter
 from engine import EngineError, JobClient, Supervisor
 
 from ._problems import Problem, problem_from_engine_error
-from ._routes import CLIENT_KEY, routes
+from ._routes import CLIENT_KEY, SETTINGS_KEY, routes
 from ._settings import Settings
 
 logger = logging.getLogger("http_api")
@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(routes)
     _register_error_handlers(app)
 
+    app.extensions[SETTINGS_KEY] = settings
     supervisor = Supervisor(settings.engine)
 
     @app.before_serving

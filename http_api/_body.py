@@ -20,6 +20,8 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import request
 
+from engine import MAX_MILLISECONDS
+
 from ._problems import Problem
 
 MIN_FILE_ID = 10_000
@@ -36,6 +38,8 @@ class StartRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     file_id: FileId
+    # Deadline from submission, queue time included; at most JOB_TIMEOUT_MS.
+    timeout_ms: Annotated[int, Field(ge=1, le=MAX_MILLISECONDS)] | None = None
 
 
 class CheckRequest(BaseModel):
@@ -125,8 +129,10 @@ def _problem_from_validation(error: ValidationError, document: dict[str, Any]) -
     kind = first["type"]
     if kind == "missing":
         detail = f"{field} is required"
-    elif kind in ("greater_than_equal", "less_than_equal"):
+    elif kind in ("greater_than_equal", "less_than_equal") and field == "file_id":
         detail = f"{field} must be from {MIN_FILE_ID} to {MAX_FILE_ID}, got {value}"
+    elif kind in ("greater_than_equal", "less_than_equal"):
+        detail = f"{field} must be from 1 to {MAX_MILLISECONDS}, got {value}"
     elif kind.startswith("int_"):
         detail = f"{field} must be an integer, got {_json_type_name(value)}"
     else:

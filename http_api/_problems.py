@@ -11,15 +11,19 @@ meant to be dereferenced, which RFC 9457 allows.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from quart import Response, json
 
 from engine import (
     EngineError,
+    IdempotencyConflict,
     JobAlreadyFinished,
     JobConflict,
+    JobExpired,
     JobNotFound,
+    Overloaded,
     ResultNotReady,
     ResultUnavailable,
     SupervisorClosed,
@@ -33,6 +37,9 @@ _TYPE_PREFIX = "tag:download-jobs,2026:problem:"
 # Engine errors and the HTTP answer each one gets: (status, code, title).
 _ENGINE_ERRORS: dict[type[EngineError], tuple[int, str, str]] = {
     JobNotFound: (404, "job_not_found", "Job not found"),
+    JobExpired: (410, "expired", "Job expired"),
+    IdempotencyConflict: (422, "idempotency_key_reused", "Idempotency key reused"),
+    Overloaded: (503, "overloaded", "Too many jobs"),
     JobAlreadyFinished: (409, "job_already_finished", "Job already finished"),
     ResultNotReady: (409, "result_not_ready", "Result not ready"),
     ResultUnavailable: (410, "result_unavailable", "Result unavailable"),
@@ -95,4 +102,6 @@ def problem_from_engine_error(error: EngineError) -> Problem:
         headers["Retry-After"] = "2"
     if isinstance(error, SupervisorClosed):
         headers["Retry-After"] = "5"
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(math.ceil(error.retry_after))
     return Problem(status, code, title, str(error), headers=headers, extra=extra)

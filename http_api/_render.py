@@ -30,8 +30,15 @@ def render_snapshot(snapshot: JobSnapshot) -> dict[str, Any]:
         "progress": snapshot.progress,
         "createdAt": render_time(snapshot.created_at),
         "updatedAt": render_time(snapshot.updated_at),
+        "attempt": snapshot.attempt,
         "statusUrl": status_path(snapshot.job_id),
     }
+    if snapshot.queue_position is not None:
+        body["queuePosition"] = snapshot.queue_position
+    if snapshot.deadline_at is not None:
+        body["deadlineAt"] = render_time(snapshot.deadline_at)
+    if snapshot.expires_at is not None:
+        body["expiresAt"] = render_time(snapshot.expires_at)
     if snapshot.status is JobStatus.DONE and snapshot.result is not None:
         body["resultUrl"] = result_path(snapshot.job_id)
         body["result"] = {

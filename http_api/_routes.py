@@ -6,17 +6,20 @@ import logging
 from collections.abc import AsyncIterator
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from engine import JobClient, JobStatus, SourceError
+from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobClient, JobStatus, SourceError
 
 from ._body import CheckRequest, StartRequest, read_json_body
 from ._problems import Problem
 from ._render import render_snapshot, result_path, status_path
+from ._settings import Settings
 
 logger = logging.getLogger("http_api")
 
 CLIENT_KEY = "download_jobs.client"
+SETTINGS_KEY = "download_jobs.settings"
 # The client polls status about this often while a job runs (seconds).
 POLL_INTERVAL_SECONDS = 2
 RESULT_CHUNK_BYTES = 64 * 1024
@@ -31,22 +34,76 @@ def _jobs() -> JobClient:
     return client
 
 
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions[SETTINGS_KEY]
+    return settings
+
+
+def _idempotency_key() -> str | None:
+    """Return the request's ``Idempotency-Key`` header, or raise a 400 problem if invalid."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not _is_visible_ascii(key):
+        raise Problem(
+            400,
+            "invalid_idempotency_key",
+            "Invalid Idempotency-Key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+def _is_visible_ascii(text: str) -> bool:
+    return all("!" <= character <= "~" for character in text)
+
+
 @routes.post("/v1/download/start")
 async def start_download() -> Response:
     body = await read_json_body(StartRequest)
-    snapshot = await _jobs().submit(body.file_id)
-    response = jsonify(
-        {
-            "jobId": snapshot.job_id,
-            "status": snapshot.status.value,
-            "statusUrl": status_path(snapshot.job_id),
-            "resultUrl": result_path(snapshot.job_id),
-        }
+    key = _idempotency_key()
+    max_timeout_ms = _settings().engine.job_timeout_ms
+    if body.timeout_ms is not None and body.timeout_ms > max_timeout_ms:
+        raise Problem(
+            400,
+            "invalid_body",
+            "Invalid request body",
+            f"timeout_ms must be at most JOB_TIMEOUT_MS ({max_timeout_ms}), got {body.timeout_ms}",
+            field="timeout_ms",
+        )
+
+    job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000
+    snapshot, created = await _jobs().submit_idempotent(
+        body.file_id,
+        job_timeout=job_timeout,
+        idempotency_key=key,
+        fingerprint=(body.file_id, body.timeout_ms),
     )
-    response.status_code = 202
+
+    if created:
+        response = jsonify(
+            {
+                "jobId": snapshot.job_id,
+                "status": snapshot.status.value,
+                "statusUrl": status_path(snapshot.job_id),
+                "resultUrl": result_path(snapshot.job_id),
+            }
+        )
+        response.status_code = 202
+    else:
+        # A repeated Idempotency-Key: the existing job, as it is now.
+        response = jsonify(render_snapshot(snapshot))
+        response.status_code = 200
     response.headers["Location"] = status_path(snapshot.job_id)
     response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
     return response
+
+
+@routes.get("/metrics")
+async def metrics() -> Response:
+    body = generate_latest(_jobs().metrics_registry)
+    return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
 
 
 @routes.post("/v1/download/check")

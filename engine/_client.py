@@ -1,0 +1,182 @@
+"""``JobClient``: how other tasks talk to a running supervisor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import outcome
+import trio
+from prometheus_client import CollectorRegistry
+
+from ._errors import SupervisorClosed
+from ._messages import (
+    CancelRequest,
+    DrainRequest,
+    ListRequest,
+    Message,
+    ReplyChannel,
+    Request,
+    ResultRequest,
+    ShutdownRequest,
+    StatsRequest,
+    StatusRequest,
+    SubmitRequest,
+)
+from ._snapshot import EngineStats, JobSnapshot, ResultFile
+from ._source import Source
+
+# Idempotency keys longer than this are rejected, so a key cannot be used to
+# store large values in the supervisor.
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+class JobClient:
+    """The handle through which other tasks use a running supervisor.
+
+    Every method except ``check_file``, ``check_health`` and
+    ``pending_messages`` sends one request and waits for its reply.
+    Cancellation: a method cancelled while it waits raises ``trio.Cancelled``,
+    but a request that already reached the inbox still takes effect (a
+    submitted job stays submitted, a cancel still cancels) and its reply is
+    dropped. After the supervisor has stopped, every request raises
+    ``SupervisorClosed``.
+    """
+
+    def __init__(
+        self,
+        inbox: trio.MemorySendChannel[Message],
+        source: Source,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._inbox = inbox
+        self._source = source
+        self.metrics_registry = registry
+
+    async def submit(self, file_id: int, *, job_timeout: float | None = None) -> JobSnapshot:
+        """Create a queued job for ``file_id`` and return its snapshot.
+
+        ``job_timeout`` (seconds from now, queue time included) may only shorten
+        the configured deadline; a longer one is capped to it. The job is in
+        the table when this returns. Raises ``Overloaded`` when the queue or
+        the table is full, and ``ValueError`` for a timeout that is not positive.
+        """
+        snapshot, _ = await self.submit_idempotent(file_id, job_timeout=job_timeout)
+        return snapshot
+
+    async def submit_idempotent(
+        self,
+        file_id: int,
+        *,
+        job_timeout: float | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: object = None,
+    ) -> tuple[JobSnapshot, bool]:
+        """Like ``submit``, but return an existing job for a repeated idempotency key.
+
+        Returns the snapshot and whether the job is new. A retained job
+        created with the same key and an equal ``fingerprint`` is returned
+        with ``False``; a different fingerprint raises ``IdempotencyConflict``.
+        Raises ``ValueError`` for a key over ``MAX_IDEMPOTENCY_KEY_LENGTH``
+        characters.
+        """
+        if job_timeout is not None and not job_timeout > 0:
+            raise ValueError(f"job timeout must be positive, got {job_timeout}")
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ValueError(
+                f"idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
+        submission: tuple[JobSnapshot, bool] = await self._request(
+            lambda reply: SubmitRequest(file_id, job_timeout, idempotency_key, fingerprint, reply)
+        )
+        return submission
+
+    async def status(self, job_id: str) -> JobSnapshot:
+        """Return the job's current snapshot.
+
+        Raises ``JobExpired`` for a removed job whose id is still remembered
+        and ``JobNotFound`` for any other unknown id.
+        """
+        snapshot: JobSnapshot = await self._request(lambda reply: StatusRequest(job_id, reply))
+        return snapshot
+
+    async def cancel(self, job_id: str) -> JobSnapshot:
+        """Cancel a queued or processing job and return its ``cancelled`` snapshot.
+
+        Idempotent: cancelling a cancelled job returns the same state. Raises
+        ``JobAlreadyFinished`` for a done or failed job, and ``JobExpired`` or
+        ``JobNotFound`` like ``status``. The returned snapshot already reads
+        ``cancelled``; the actor unwinds right after, and a queued job never
+        starts.
+        """
+        snapshot: JobSnapshot = await self._request(lambda reply: CancelRequest(job_id, reply))
+        return snapshot
+
+    async def open_result(self, job_id: str) -> ResultFile:
+        """Return where a done job's file is and what it is.
+
+        Raises ``ResultNotReady`` while the job is queued or processing,
+        ``ResultUnavailable`` when it failed or was cancelled, and
+        ``JobExpired`` or ``JobNotFound`` like ``status``.
+        """
+        result: ResultFile = await self._request(lambda reply: ResultRequest(job_id, reply))
+        return result
+
+    async def list_jobs(self) -> list[JobSnapshot]:
+        """Return a snapshot of every job in the table, oldest first."""
+        snapshots: list[JobSnapshot] = await self._request(ListRequest)
+        return snapshots
+
+    async def stats(self) -> EngineStats:
+        """Return the current sizes of the supervisor's tables."""
+        stats: EngineStats = await self._request(StatsRequest)
+        return stats
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting jobs; wait up to ``grace`` seconds for processing ones, then cancel.
+
+        Queued jobs are cancelled at once. Returns when no actor is left.
+        The supervisor keeps answering status and result requests.
+        """
+        await self._request(lambda reply: DrainRequest(grace, reply))
+
+    async def shutdown(self) -> None:
+        """Cancel every unfinished job, wait until no actor is left, and stop the supervisor.
+
+        Safe to call more than once and after the supervisor has stopped.
+        """
+        try:
+            await self._request(ShutdownRequest)
+        except SupervisorClosed:
+            pass
+
+    async def check_file(self, file_id: int) -> int | None:
+        """Ask the source whether ``file_id`` exists; return its size in bytes or None.
+
+        Runs in the caller's task, not the supervisor's, and starts no job.
+        """
+        return await self._source.check(file_id)
+
+    async def check_health(self) -> None:
+        """Probe the source's storage; raise ``SourceError`` if it fails.
+
+        Runs in the caller's task; wrap it in a cancel scope to bound it.
+        """
+        await self._source.check_health()
+
+    def pending_messages(self) -> int:
+        """Return how many messages wait in the supervisor's inbox (mailbox depth)."""
+        return self._inbox.statistics().current_buffer_used
+
+    async def _request(self, build: Callable[[ReplyChannel], Request]) -> Any:
+        reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+        with reply_receive:
+            try:
+                await self._inbox.send(build(reply_send))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise SupervisorClosed() from None
+            try:
+                reply = await reply_receive.receive()
+            except trio.EndOfChannel:
+                raise SupervisorClosed() from None
+        return reply.unwrap()
