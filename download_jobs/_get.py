@@ -69,20 +69,37 @@ def _start(client: httpx.Client, file_id: str) -> dict[str, Any]:
     response = client.post("/v1/download/start", json={"file_id": number})
     if response.status_code != 202:
         raise GetError(f"start failed: {_describe_error(response)}")
-    job: dict[str, Any] = response.json()
-    return job
+    return _read_document(response, "start", ("jobId", "statusUrl", "resultUrl"))
+
+
+def _read_document(
+    response: httpx.Response, what: str, required: tuple[str, ...]
+) -> dict[str, Any]:
+    """Parse a JSON object with the ``required`` members, or raise ``GetError``."""
+    try:
+        document = response.json()
+    except ValueError:
+        raise GetError(f"{what} response is not JSON (HTTP {response.status_code})") from None
+    if not isinstance(document, dict):
+        raise GetError(f"{what} response is not a JSON object")
+    missing = [name for name in required if name not in document]
+    if missing:
+        raise GetError(f"{what} response lacks {', '.join(missing)}")
+    return document
 
 
 def _wait_until_finished(client: httpx.Client, job: dict[str, Any], quiet: bool) -> dict[str, Any]:
     job_id = job["jobId"]
-    with tqdm(total=100, unit="%", desc=f"job {job_id[:8]}", disable=quiet, leave=False) as bar:
+    # disable=None lets tqdm hide the bar when stderr is not a terminal.
+    disable = True if quiet else None
+    with tqdm(total=100, unit="%", desc=f"job {job_id[:8]}", disable=disable, leave=False) as bar:
         while True:
             response = client.get(job["statusUrl"])
             if response.status_code != 200:
                 raise GetError(f"status of job {job_id} failed: {_describe_error(response)}")
-            status: dict[str, Any] = response.json()
+            status = _read_document(response, "status", ("status", "progress"))
             bar.set_postfix_str(status["status"])
-            bar.update(status["progress"] - bar.n)
+            bar.update(int(status["progress"]) - bar.n)
             if status["status"] == "done":
                 return status
             if status["status"] == "failed":
@@ -107,20 +124,31 @@ def _poll_delay(response: httpx.Response) -> float:
 def _download(
     client: httpx.Client, job: dict[str, Any], status: dict[str, Any], output: str | None
 ) -> Path:
-    result = status["result"]
-    target = Path(output) if output else Path(Path(result["fileName"]).name)
+    result = status.get("result")
+    if not isinstance(result, dict) or not {"fileName", "sha256", "size"} <= result.keys():
+        raise GetError(f"status of job {job['jobId']} is done but describes no result")
+    target = Path(output) if output else Path(Path(str(result["fileName"])).name)
     partial = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
     size = 0
-    with client.stream("GET", job["resultUrl"]) as response:
-        if response.status_code != 200:
-            response.read()
-            raise GetError(f"download of job {job['jobId']} failed: {_describe_error(response)}")
-        with partial.open("wb") as file:
-            for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
-                file.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
+    try:
+        with client.stream("GET", job["resultUrl"]) as response:
+            if response.status_code != 200:
+                response.read()
+                raise GetError(
+                    f"download of job {job['jobId']} failed: {_describe_error(response)}"
+                )
+            with partial.open("wb") as file:
+                for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                    file.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+    except httpx.TransportError as exc:
+        partial.unlink(missing_ok=True)
+        raise GetError(f"download of job {job['jobId']} was cut off: {exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
     if digest.hexdigest() != result["sha256"] or size != result["size"]:
         partial.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ Both writers and the reader run in the same trio thread, so no lock is needed.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import trio
@@ -41,7 +42,7 @@ class ProgressSlot:
     writers update the slot; a write that would lower it is clamped.
     """
 
-    __slots__ = ("_base", "_duration", "_start", "_updated", "attempt")
+    __slots__ = ("_base", "_duration", "_latest_read", "_start", "_updated", "attempt")
 
     def __init__(self) -> None:
         # Attempt now running, 1 for the first; the actor sets it before each.
@@ -50,11 +51,17 @@ class ProgressSlot:
         self._start: float | None = None  # trio time the linear schedule began
         self._duration = 0.0
         self._updated: float | None = None  # trio time of the last set_fraction
+        self._latest_read = -math.inf  # latest trio time passed to fraction()
 
     def advance_linearly(self, start: float, duration: float) -> None:
-        self._base = self.fraction(start)
-        self._start = start
-        self._duration = max(duration, 0.0)
+        # Anchor the new schedule at the latest time anyone has read, so a
+        # schedule that starts in the past cannot lower a value already read:
+        # it continues from that value over the time left until its end.
+        anchor = max(start, self._latest_read)
+        current = self.fraction(anchor)
+        self._base = current
+        self._start = anchor
+        self._duration = max(start + duration - anchor, 0.0)
 
     def set_fraction(self, fraction: float) -> None:
         now = trio.current_time()
@@ -75,6 +82,8 @@ class ProgressSlot:
 
     def fraction(self, now: float) -> float:
         """Return the progress reached at trio time ``now``."""
+        if now > self._latest_read:
+            self._latest_read = now
         if self._start is None:
             return self._base
         if self._duration <= 0.0 or now >= self._start + self._duration:

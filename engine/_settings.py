@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from ._errors import SettingsError
 
+# An optional sign and up to 20 ASCII digits, optionally grouped with single
+# underscores as in Python ("1_000"). str.isdigit() alone would accept "²".
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9](?:_?[0-9]){0,19}")
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -53,8 +58,8 @@ def read_int(
     if raw is None or raw.strip() == "":
         return default
     expected = f"a whole number{' of ' + unit if unit else ''} from {minimum} to {maximum}"
-    text = raw.strip().replace("_", "")
-    if not text.lstrip("+-").isdigit() or len(text) > 20:
+    text = raw.strip()
+    if _WHOLE_NUMBER.fullmatch(text) is None:
         raise SettingsError(name, raw, expected)
     value = int(text)
     if not minimum <= value <= maximum:
@@ -319,5 +324,17 @@ class EngineSettings:
                 maximum=50,
                 unit="percent",
             ),
-            results_dir=Path(results_dir) if results_dir else None,
+            results_dir=_check_results_dir(results_dir) if results_dir else None,
         )
+
+
+def _check_results_dir(raw: str) -> Path:
+    """Create the folder if needed and make sure results can be written there."""
+    path = Path(raw)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError("RESULTS_DIR", raw, f"a folder that can be created ({exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError("RESULTS_DIR", raw, "a folder this process can write to")
+    return path

@@ -173,8 +173,6 @@ class Supervisor:
                     await self._serve()
             finally:
                 self._close()
-        for reply in self._stop_replies:
-            _send_reply(reply, outcome.Value(None))
         logger.info("supervisor stopped")
 
     async def _serve(self) -> None:
@@ -423,7 +421,10 @@ class Supervisor:
 
         if now >= self._grace_deadline:
             self._grace_deadline = math.inf
-            self._cancel_unfinished(now, "shutdown grace period ended")
+            processing = self._table.counts[JobStatus.PROCESSING]
+            if processing:
+                logger.info("shutdown grace period ended, cancelling %d jobs", processing)
+            self._cancel_unfinished(now, "by shutdown")
 
     def _time_out(self, job: Job, now: float) -> None:
         job.error = JobError(
@@ -487,10 +488,12 @@ class Supervisor:
                 eta = max(finishes_at - now, 0.0)
         if job.status is JobStatus.QUEUED:
             queue_position = self._table.queue_position(job)
+        # Both times derive from stored wall-clock moments, so repeated
+        # snapshots of an unchanged job are equal.
         terminal = job.status.is_terminal
         expires_at = None
-        if terminal and job.finished_at is not None:
-            expires_at = self._wall_at(job.finished_at + self._settings.job_ttl, now)
+        if terminal:
+            expires_at = job.updated_at + timedelta(seconds=self._settings.job_ttl)
         return JobSnapshot(
             job_id=job.job_id,
             file_id=job.file_id,
@@ -503,7 +506,7 @@ class Supervisor:
             eta_seconds=eta,
             queue_position=queue_position,
             attempt=job.slot.attempt if job.slot is not None else 0,
-            deadline_at=None if terminal else self._wall_at(job.deadline, now),
+            deadline_at=None if terminal else job.created_at + timedelta(seconds=job.timeout),
             expires_at=expires_at,
         )
 
@@ -559,9 +562,13 @@ class Supervisor:
                 break
             if not isinstance(message, ActorExited):
                 _send_reply(message.reply, outcome.Error(SupervisorClosed()))
-        for reply in self._drain_replies:
+        # Every actor has ended by now, because the nursery has exited, so
+        # waiting drain and shutdown callers get their answer even when the
+        # supervisor was cancelled from outside.
+        for reply in self._drain_replies + self._stop_replies:
             _send_reply(reply, outcome.Value(None))
         self._drain_replies.clear()
+        self._stop_replies.clear()
 
     @contextmanager
     def _open_results_dir(self) -> Iterator[Path]:

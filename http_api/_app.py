@@ -18,8 +18,20 @@ from ._settings import Settings
 
 logger = logging.getLogger("http_api")
 
-# Paths shaped like a job route; a 404 on one of them means the id was malformed.
-_JOB_ROUTE_SHAPE = re.compile(r"^/v1/download/(?:status/)?[^/]+$")
+# Paths and methods of the job routes. A 404 on one of them means the job id
+# did not match the UUID syntax, which is the client's input error (400). The
+# fixed names are excluded because "/v1/download/status" and friends are
+# routes (or route prefixes) of their own, not malformed ids.
+_STATUS_ROUTE_SHAPE = re.compile(r"^/v1/download/status/[^/]+$")
+_RESULT_ROUTE_SHAPE = re.compile(r"^/v1/download/(?!(?:status|start|check|initiate)$)[^/]+$")
+
+
+def _is_malformed_job_route(method: str, path: str) -> bool:
+    if method in ("GET", "HEAD") and _STATUS_ROUTE_SHAPE.match(path):
+        return True
+    return method in ("GET", "HEAD", "DELETE") and _RESULT_ROUTE_SHAPE.match(path) is not None
+
+
 # Extra time the app's background nursery gets, after the server stops, for the
 # supervisor to cancel unfinished jobs and log them before it is cancelled.
 SUPERVISOR_STOP_SECONDS = 5.0
@@ -77,15 +89,14 @@ def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def handle_http_exception(error: HTTPException) -> Response:
         status = error.code or 500
-        if status == 404 and request.method in ("GET", "HEAD", "DELETE"):
-            if _JOB_ROUTE_SHAPE.match(request.path):
-                return Problem(
-                    400,
-                    "invalid_job_id",
-                    "Invalid job id",
-                    "job id must be a UUID such as 3f2b8c1e-0d4a-4c6e-9b1a-2d5e7f8a9c0b",
-                    field="jobId",
-                ).to_response()
+        if status == 404 and _is_malformed_job_route(request.method, request.path):
+            return Problem(
+                400,
+                "invalid_job_id",
+                "Invalid job id",
+                "job id must be a UUID such as 3f2b8c1e-0d4a-4c6e-9b1a-2d5e7f8a9c0b",
+                field="jobId",
+            ).to_response()
         detail = {
             404: f"no route matches {request.path}",
             405: f"{request.method} is not allowed on {request.path}",

@@ -1,0 +1,213 @@
+"""``download-jobs get`` as a user runs it, against a real server or a scripted stand-in."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import (
+    COMMAND_TIMEOUT_SECONDS,
+    DOWNLOAD_JOBS,
+    STAND_IN_JOB_ID,
+    ServerProcess,
+    StandInScript,
+    child_environment,
+    run_command,
+    sha256_hex,
+    stderr_lines,
+)
+
+pytestmark = pytest.mark.e2e
+
+StartServer = Callable[..., ServerProcess]
+StartStandIn = Callable[[StandInScript], str]
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+def job_id_for_file(server: ServerProcess, file_id: int) -> str:
+    """Return the id of the first job the server logged as queued for ``file_id``."""
+    match = server.wait_for_log(rf"job ({_UUID}): queued \(file {file_id},")
+    return match.group(1)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty folder for the command's output, apart from the servers' results folders."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def fetch_status(server: ServerProcess, job_id: str) -> dict[str, Any]:
+    with httpx.Client(base_url=server.base_url, trust_env=False, timeout=5.0) as client:
+        response = client.get(f"/v1/download/status/{job_id}")
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def test_get_writes_checked_zip(server: ServerProcess, workdir: Path) -> None:
+    output = workdir / "file.zip"
+
+    result = run_command("get", "70000", "--server", server.base_url, "-o", str(output))
+
+    assert result.returncode == 0, result.stderr
+    status = fetch_status(server, job_id_for_file(server, 70000))
+    assert status["status"] == "done"
+    data = output.read_bytes()
+    assert sha256_hex(data) == status["result"]["sha256"]
+    assert len(data) == status["result"]["size"]
+    with zipfile.ZipFile(output) as archive:
+        assert archive.testzip() is None
+    assert sorted(path.name for path in workdir.iterdir()) == ["file.zip"]
+
+
+def test_get_default_file_name(server: ServerProcess, workdir: Path) -> None:
+    result = run_command("get", "70000", "--server", server.base_url, "--quiet", cwd=workdir)
+
+    assert result.returncode == 0, result.stderr
+    status = fetch_status(server, job_id_for_file(server, 70000))
+    assert status["status"] == "done"
+    assert sorted(path.name for path in workdir.iterdir()) == ["70000.zip"]
+    data = (workdir / "70000.zip").read_bytes()
+    assert sha256_hex(data) == status["result"]["sha256"]
+    with zipfile.ZipFile(workdir / "70000.zip") as archive:
+        assert archive.testzip() is None
+
+
+def test_get_server_unreachable(unused_port: int, workdir: Path) -> None:
+    url = f"http://127.0.0.1:{unused_port}"
+
+    result = run_command("get", "70000", "--server", url, "-o", str(workdir / "out.zip"))
+
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "cannot reach" in lines[0]
+    assert url in lines[0]
+    assert list(workdir.iterdir()) == []
+
+
+def test_get_job_failed(start_server: StartServer, workdir: Path) -> None:
+    server = start_server(DOWNLOAD_AVAILABILITY="multiple-of-7")
+    output = workdir / "out.zip"
+
+    result = run_command("get", "70001", "--server", server.base_url, "-o", str(output), "--quiet")
+
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "failed" in lines[0]
+    assert "not_found" in lines[0]
+    job_id = job_id_for_file(server, 70001)
+    assert job_id in lines[0]
+    status = fetch_status(server, job_id)
+    assert status["status"] == "failed"
+    assert status["error"]["code"] == "not_found"
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("file_id", "reason"),
+    [
+        ("abc", "must be an integer"),
+        ("5", "must be from 10000 to 100000000"),
+    ],
+)
+def test_get_invalid_file_id(
+    server: ServerProcess, workdir: Path, file_id: str, reason: str
+) -> None:
+    result = run_command("get", file_id, "--server", server.base_url, cwd=workdir)
+
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert reason in lines[0]
+    assert "HTTP 400" in lines[0]
+    assert "queued" not in server.log
+    assert list(workdir.iterdir()) == []
+
+
+# Any bytes do: the client checks only the digest and the length.
+PAYLOAD = b"stand-in payload" * 1000
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(StandInScript(PAYLOAD, reported_sha256=sha256_hex(b"other")), id="sha256"),
+        pytest.param(StandInScript(PAYLOAD, reported_size=len(PAYLOAD) + 1), id="size"),
+    ],
+)
+def test_get_checksum_mismatch(
+    stand_in_server: StartStandIn, workdir: Path, script: StandInScript
+) -> None:
+    url = stand_in_server(script)
+    output = workdir / "out.zip"
+
+    result = run_command("get", "70000", "--server", url, "-o", str(output), "--quiet")
+
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "checksum mismatch" in lines[0]
+    assert STAND_IN_JOB_ID in lines[0]
+    assert list(workdir.iterdir()) == []
+
+
+def test_get_status_not_json(stand_in_server: StartStandIn, workdir: Path) -> None:
+    url = stand_in_server(StandInScript(PAYLOAD, status_body=b"<html>proxy error</html>"))
+
+    result = run_command("get", "70000", "--server", url, "-o", str(workdir / "out.zip"), "--quiet")
+
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+
+
+def test_get_cut_download_no_leftover(stand_in_server: StartStandIn, workdir: Path) -> None:
+    url = stand_in_server(StandInScript(PAYLOAD, cut_after_bytes=1000))
+
+    result = run_command("get", "70000", "--server", url, "-o", str(workdir / "out.zip"), "--quiet")
+
+    assert result.returncode == 1
+    lines = stderr_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert [path.name for path in workdir.iterdir()] == []
+
+
+def test_get_interrupt_cancels_job(start_server: StartServer, workdir: Path) -> None:
+    server = start_server(DOWNLOAD_DELAY_MIN_MS="60000", DOWNLOAD_DELAY_MAX_MS="60000")
+    command = [str(DOWNLOAD_JOBS), "get", "70000", "--server", server.base_url, "--quiet"]
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=child_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job_id = server.wait_for_log(rf"job ({_UUID}): queued -> processing").group(1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
+
+    assert process.returncode == 130
+    assert stderr_lines(stderr) == ["download-jobs: interrupted"]
+    server.wait_for_log(rf"job {job_id}: processing -> cancelled \(on request\)")
+    status = fetch_status(server, job_id)
+    assert status["status"] == "cancelled"
+    assert list(workdir.iterdir()) == []

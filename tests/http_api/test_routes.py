@@ -1,0 +1,64 @@
+"""Tests of requests that match no route, or a route but not its method."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+# Virtual seconds on the autojump clock: only a hang gets this far.
+pytestmark = pytest.mark.deadline(3600)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def allowed_methods(response) -> set[str]:
+    return {method.strip() for method in response.headers["Allow"].split(",")}
+
+
+async def test_unknown_route_is_404(autojump_clock, api):
+    response = await api.client.get("/v1/nothing-here")
+    problem = await response.get_json(force=True)
+
+    assert response.status_code == 404
+    assert response.mimetype == PROBLEM_MEDIA_TYPE
+    assert problem["code"] == "not_found"
+    assert problem["status"] == 404
+
+
+async def test_put_on_start_is_405(autojump_clock, api):
+    response = await api.client.put("/v1/download/start", json={"file_id": 70000})
+    problem = await response.get_json(force=True)
+
+    assert response.status_code == 405
+    assert "POST" in allowed_methods(response)
+    assert response.mimetype == PROBLEM_MEDIA_TYPE
+    assert problem["code"] == "method_not_allowed"
+
+
+async def test_get_on_start_is_405(autojump_clock, api):
+    response = await api.client.get("/v1/download/start")
+
+    assert response.status_code == 405
+    assert "POST" in allowed_methods(response)
+
+
+async def test_delete_on_status_uuid_is_405(autojump_clock, api):
+    response = await api.client.delete(f"/v1/download/status/{uuid.uuid4()}")
+
+    assert response.status_code == 405
+    assert "DELETE" not in allowed_methods(response)
+
+
+async def test_delete_on_status_bad_id_is_404(autojump_clock, api):
+    # No route serves DELETE under /status/, so a malformed id there is not a
+    # job-id error but a path that matches nothing.
+    response = await api.client.delete("/v1/download/status/abc")
+
+    assert response.status_code == 404
+
+
+async def test_status_without_id_is_404(autojump_clock, api):
+    response = await api.client.get("/v1/download/status")
+
+    assert response.status_code == 404
