@@ -12,8 +12,11 @@ from werkzeug.routing import BaseConverter
 
 from engine import EngineError, JobClient, Supervisor
 
+from ._context import CLIENT_KEY, SETTINGS_KEY
+from ._middleware import install_middleware
 from ._problems import Problem, problem_from_engine_error
-from ._routes import CLIENT_KEY, SETTINGS_KEY, routes
+from ._results import results
+from ._routes import routes
 from ._settings import Settings
 
 logger = logging.getLogger("http_api")
@@ -59,6 +62,8 @@ def create_app(settings: Settings) -> Quart:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.converters["job_id"] = JobIdConverter
     app.register_blueprint(routes)
+    app.register_blueprint(results)
+    install_middleware(app, settings)
     _register_error_handlers(app)
 
     app.extensions[SETTINGS_KEY] = settings

@@ -3,40 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from quart import Blueprint, Response, current_app, jsonify, request
+from quart import Blueprint, Response, jsonify, request
 
-from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobClient, JobStatus, SourceError
+from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobStatus, SourceError
 
 from ._body import CheckRequest, StartRequest, read_json_body
+from ._context import current_jobs, current_settings
 from ._problems import Problem
 from ._render import render_snapshot, result_path, status_path
-from ._settings import Settings
 
 logger = logging.getLogger("http_api")
 
-CLIENT_KEY = "download_jobs.client"
-SETTINGS_KEY = "download_jobs.settings"
 # The client polls status about this often while a job runs (seconds).
 POLL_INTERVAL_SECONDS = 2
-RESULT_CHUNK_BYTES = 64 * 1024
 # Longest a storage probe may take before /health reports it as failed (seconds).
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
 routes = Blueprint("download", __name__)
-
-
-def _jobs() -> JobClient:
-    client: JobClient = current_app.extensions[CLIENT_KEY]
-    return client
-
-
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions[SETTINGS_KEY]
-    return settings
 
 
 def _idempotency_key() -> str | None:
@@ -63,7 +49,7 @@ def _is_visible_ascii(text: str) -> bool:
 async def start_download() -> Response:
     body = await read_json_body(StartRequest)
     key = _idempotency_key()
-    max_timeout_ms = _settings().engine.job_timeout_ms
+    max_timeout_ms = current_settings().engine.job_timeout_ms
     if body.timeout_ms is not None and body.timeout_ms > max_timeout_ms:
         raise Problem(
             400,
@@ -74,7 +60,7 @@ async def start_download() -> Response:
         )
 
     job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000
-    snapshot, created = await _jobs().submit_idempotent(
+    snapshot, created = await current_jobs().submit_idempotent(
         body.file_id,
         job_timeout=job_timeout,
         idempotency_key=key,
@@ -102,14 +88,14 @@ async def start_download() -> Response:
 
 @routes.get("/metrics")
 async def metrics() -> Response:
-    body = generate_latest(_jobs().metrics_registry)
+    body = generate_latest(current_jobs().metrics_registry)
     return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
 
 
 @routes.post("/v1/download/check")
 async def check_download() -> Response:
     body = await read_json_body(CheckRequest)
-    size = await _jobs().check_file(body.file_id)
+    size = await current_jobs().check_file(body.file_id)
     return jsonify(
         {
             "file_id": body.file_id,
@@ -125,7 +111,7 @@ async def health() -> Response:
     healthy = False
     with trio.move_on_after(HEALTH_PROBE_TIMEOUT_SECONDS):
         try:
-            await _jobs().check_health()
+            await current_jobs().check_health()
         except SourceError as exc:
             logger.warning("health check failed: %s", exc)
         else:
@@ -139,7 +125,7 @@ async def health() -> Response:
 
 @routes.get("/v1/download/status/<job_id:job_id>")
 async def download_status(job_id: str) -> Response:
-    snapshot = await _jobs().status(job_id)
+    snapshot = await current_jobs().status(job_id)
     response = jsonify(render_snapshot(snapshot))
     response.headers["Cache-Control"] = "no-cache"
     if not snapshot.status.is_terminal:
@@ -147,41 +133,8 @@ async def download_status(job_id: str) -> Response:
     return response
 
 
-@routes.get("/v1/download/<job_id:job_id>")
-async def download_result(job_id: str) -> Response:
-    result = await _jobs().open_result(job_id)
-    try:
-        file = await trio.open_file(result.path, "rb")
-    except FileNotFoundError:
-        raise Problem(
-            410,
-            "result_unavailable",
-            "Result unavailable",
-            f"the result of job {job_id} was removed",
-        ) from None
-
-    info = result.info
-    if request.method == "HEAD":
-        await file.aclose()
-        response = Response(b"", status=200, content_type=info.media_type)
-    else:
-        response = Response(_stream(file), status=200, content_type=info.media_type)
-    response.headers["Content-Length"] = str(info.size)
-    response.headers["Content-Disposition"] = f'attachment; filename="{info.file_name}"'
-    response.headers["ETag"] = f'"{info.sha256}"'
-    response.headers["Cache-Control"] = "private, no-store"
-    return response
-
-
 @routes.delete("/v1/download/<job_id:job_id>")
 async def cancel_download(job_id: str) -> Response:
-    snapshot = await _jobs().cancel(job_id)
+    snapshot = await current_jobs().cancel(job_id)
     assert snapshot.status is JobStatus.CANCELLED
     return jsonify(render_snapshot(snapshot))
-
-
-async def _stream(file: trio.abc.AsyncResource) -> AsyncIterator[bytes]:
-    """Yield the open file in chunks and close it, also when the client goes away."""
-    async with file:
-        while chunk := await file.read(RESULT_CHUNK_BYTES):  # type: ignore[attr-defined]
-            yield chunk

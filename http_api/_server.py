@@ -14,7 +14,7 @@ from quart import Quart
 from engine import JobClient, SupervisorClosed
 
 from ._app import create_app
-from ._routes import CLIENT_KEY
+from ._context import CLIENT_KEY
 from ._settings import Settings
 
 logger = logging.getLogger("http_api")
