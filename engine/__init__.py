@@ -40,6 +40,7 @@ from ._snapshot import (
     EngineStats as EngineStats,
     JobError as JobError,
     JobSnapshot as JobSnapshot,
+    JobWatch as JobWatch,
     ResultFile as ResultFile,
     ResultInfo as ResultInfo,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "JobNotFound",
     "JobSnapshot",
     "JobStatus",
+    "JobWatch",
     "Overloaded",
     "ProgressReporter",
     "ProgressSlot",

@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from ._errors import SourceError, TransientSourceError
-from ._messages import ActorExited, Message
+from ._messages import ActorExited, AttemptStarted, Message
 from ._progress import ProgressSlot
 from ._retry import RetryPolicy
 from ._snapshot import JobError, ResultInfo
@@ -49,7 +49,7 @@ async def run_actor(
             task_status.started(scope)
             try:
                 result = await _fetch_with_retries(
-                    job_id, file_id, source, progress, destination, retry
+                    job_id, file_id, source, progress, destination, retry, reports
                 )
             except SourceError as exc:
                 logger.warning("job %s: download failed: %s", job_id, exc)
@@ -60,13 +60,17 @@ async def run_actor(
     finally:
         if result is None:
             _discard(destination)
-        report = ActorExited(job_id, progress.attempt, result=result, error=error)
-        try:
-            reports.send_nowait(report)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The supervisor has stopped reading, so it is shutting down and
-            # will not look at this job again.
-            logger.debug("job %s: supervisor gone, report dropped", job_id)
+        _report(reports, ActorExited(job_id, progress.attempt, result=result, error=error))
+
+
+def _report(reports: trio.MemorySendChannel[Message], report: Message) -> None:
+    """Send a report without blocking; the inbox buffer is unbounded."""
+    try:
+        reports.send_nowait(report)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        # The supervisor has stopped reading, so it is shutting down and
+        # will not look at this job again.
+        logger.debug("%s dropped: supervisor gone", report)
 
 
 async def _fetch_with_retries(
@@ -76,10 +80,13 @@ async def _fetch_with_retries(
     progress: ProgressSlot,
     destination: Path,
     retry: RetryPolicy,
+    reports: trio.MemorySendChannel[Message],
 ) -> ResultInfo:
     attempt = 1
     while True:
         progress.attempt = attempt
+        if attempt > 1:
+            _report(reports, AttemptStarted(job_id, attempt))
         try:
             return await source.fetch(file_id, progress, destination)
         except TransientSourceError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,9 @@ from ._messages import (
     StatsRequest,
     StatusRequest,
     SubmitRequest,
+    WatchRequest,
 )
-from ._snapshot import EngineStats, JobSnapshot, ResultFile
+from ._snapshot import EngineStats, JobSnapshot, JobWatch, ResultFile
 from ._source import Source
 
 # Idempotency keys longer than this are rejected, so a key cannot be used to
@@ -99,6 +101,36 @@ class JobClient:
         """
         snapshot: JobSnapshot = await self._request(lambda reply: StatusRequest(job_id, reply))
         return snapshot
+
+    async def watch(self, job_id: str) -> JobWatch:
+        """Return the job's snapshot and the means to wait for its next change.
+
+        Raises like ``status``. The returned event costs nothing while it is
+        not awaited; ``wait_for_change`` builds a long poll on it.
+        """
+        watch: JobWatch = await self._request(lambda reply: WatchRequest(job_id, reply))
+        return watch
+
+    async def wait_for_change(
+        self, job_id: str, differs: Callable[[JobSnapshot], bool]
+    ) -> JobSnapshot:
+        """Wait until ``differs(snapshot)`` is true for the job's snapshot, and return it.
+
+        Sleeps on the job's change event, waking early only at the moment
+        its derived progress reaches its next step, so a waiter costs no CPU
+        while nothing changes. Returns at once if the current snapshot already
+        differs. There is no time limit: the caller bounds the wait with a
+        cancel scope. Cancelling the wait never affects the job. Raises like
+        ``status``, for example ``JobExpired`` when the job is removed while
+        the caller waits.
+        """
+        while True:
+            watch = await self.watch(job_id)
+            if differs(watch.snapshot):
+                return watch.snapshot
+            wake_at = math.inf if watch.next_change_at is None else watch.next_change_at
+            with trio.move_on_at(wake_at):
+                await watch.changed.wait()
 
     async def cancel(self, job_id: str) -> JobSnapshot:
         """Cancel a queued or processing job and return its ``cancelled`` snapshot.

@@ -5,7 +5,8 @@ reply channel; the supervisor sends exactly one ``outcome.Outcome`` on it
 and never waits, so a caller that went away cannot stall it.
 
 Reports come from actors. Every actor sends exactly one ``ActorExited``, as
-the last thing it does, whatever way it ends.
+the last thing it does, whatever way it ends, and one ``AttemptStarted``
+before each retry.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class SubmitRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StatusRequest:
+    job_id: str
+    reply: ReplyChannel
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WatchRequest:
     job_id: str
     reply: ReplyChannel
 
@@ -79,6 +86,14 @@ class ShutdownRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """An actor is about to retry; sent only for attempts after the first."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ActorExited:
     """An actor's final report.
 
@@ -95,6 +110,7 @@ class ActorExited:
 Request = (
     SubmitRequest
     | StatusRequest
+    | WatchRequest
     | CancelRequest
     | ResultRequest
     | ListRequest
@@ -102,4 +118,4 @@ Request = (
     | DrainRequest
     | ShutdownRequest
 )
-Message = Request | ActorExited
+Message = Request | AttemptStarted | ActorExited

@@ -104,6 +104,18 @@ class ProgressSlot:
             return min(self._start, now)
         return now if self._updated is None else min(self._updated, now)
 
+    def time_of(self, fraction: float) -> float | None:
+        """Return the trio time the linear schedule reaches ``fraction``, or None.
+
+        None when there is no schedule or the schedule never reaches it.
+        """
+        if self._start is None or not self._base <= fraction <= 1.0:
+            return None
+        if self._base >= 1.0 or self._duration <= 0.0:
+            return self._start
+        share = (fraction - self._base) / (1.0 - self._base)
+        return self._start + share * self._duration
+
     def finishes_at(self) -> float | None:
         """Return the trio time the linear schedule ends, or None without one."""
         if self._start is None:

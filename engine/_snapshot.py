@@ -6,6 +6,8 @@ import dataclasses
 from datetime import datetime
 from pathlib import Path
 
+import trio
+
 from ._states import JobStatus
 
 
@@ -48,6 +50,10 @@ class JobSnapshot:
     # Seconds until the engine expects the job to finish, or None when it has
     # no estimate (queued, finished, or a source that reports no schedule).
     eta_seconds: float | None = None
+    # Estimated seconds until the snapshot next changes (the next progress step,
+    # or a queued job's start), or None without an estimate. Clients use it to
+    # pace their polls.
+    next_change_seconds: float | None = None
     # 1 for the next job to start; None unless queued.
     queue_position: int | None = None
     # Attempt running or last run, 1 for the first; 0 before the job starts.
@@ -82,3 +88,18 @@ class EngineStats:
     running_actors: int  # actor tasks alive, cancelled ones not yet exited included
     tombstones: int
     accepting: bool  # False once draining or shutting down
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobWatch:
+    """A snapshot plus what its watcher needs to wait for the next one.
+
+    ``changed`` is set when the job changes other than by the passage of time
+    (status, queue position, attempt, result, error, removal). Progress that
+    a source derives from a schedule changes at ``next_change_at`` (trio
+    clock) instead, or never if that is None.
+    """
+
+    snapshot: JobSnapshot
+    changed: trio.Event
+    next_change_at: float | None

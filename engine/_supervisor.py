@@ -71,6 +71,7 @@ from ._errors import (
 )
 from ._messages import (
     ActorExited,
+    AttemptStarted,
     CancelRequest,
     DrainRequest,
     ListRequest,
@@ -81,12 +82,13 @@ from ._messages import (
     StatsRequest,
     StatusRequest,
     SubmitRequest,
+    WatchRequest,
 )
 from ._metrics import EngineMetrics
 from ._progress import ProgressSlot
 from ._retry import RetryPolicy
 from ._settings import EngineSettings
-from ._snapshot import EngineStats, JobError, JobSnapshot, ResultFile
+from ._snapshot import EngineStats, JobError, JobSnapshot, JobWatch, ResultFile
 from ._source import SimulatedSource, Source
 from ._states import JobStatus
 from ._table import Job, JobTable
@@ -95,6 +97,11 @@ logger = logging.getLogger("engine")
 
 WallClock = Callable[[], datetime]
 
+# Reported progress stays below 100 until the job is done.
+MAX_PROGRESS_BEFORE_DONE = 99
+# Shortest sleep before a watcher looks again for a scheduled progress step,
+# so rounding can never make it spin (seconds).
+MIN_WAKE_SECONDS = 0.001
 # Most timers (deadlines or expiries) handled in one pass of the loop.
 TIMER_BATCH = 1000
 # Completions counted for the Retry-After estimate of a rejected start (seconds).
@@ -184,6 +191,7 @@ class Supervisor:
                 self._handle(message)
             self._fire_timers(trio.current_time())
             await self._admit_queued()
+            self._table.notify_queue_moved()
             self._finish_drain()
             self._update_gauges()
 
@@ -195,6 +203,8 @@ class Supervisor:
                 _send_reply(reply, outcome.capture(self._submit, message))
             case StatusRequest(job_id=job_id, reply=reply):
                 _send_reply(reply, outcome.capture(self._status, job_id))
+            case WatchRequest(job_id=job_id, reply=reply):
+                _send_reply(reply, outcome.capture(self._watch, job_id))
             case CancelRequest(job_id=job_id, reply=reply):
                 _send_reply(reply, outcome.capture(self._cancel, job_id))
             case ResultRequest(job_id=job_id, reply=reply):
@@ -212,6 +222,11 @@ class Supervisor:
                 self._stop_replies.append(reply)
                 self._stop_requested = True
                 self._begin_drain(0.0)
+            case AttemptStarted(job_id=job_id):
+                job = self._table.get(job_id)
+                if job is not None and not job.status.is_terminal:
+                    logger.info("job %s: attempt %d started", job_id, message.attempt)
+                    self._table.notify(job)
             case ActorExited():
                 self._actor_exited(message)
 
@@ -275,12 +290,18 @@ class Supervisor:
 
     def _retry_after(self, now: float) -> float:
         """Estimate the seconds until a processing slot frees, from recent completions."""
+        interval = self._completion_interval(now)
+        if interval is None:
+            return DEFAULT_RETRY_AFTER_SECONDS
+        return min(max(interval, MIN_RETRY_AFTER_SECONDS), MAX_RETRY_AFTER_SECONDS)
+
+    def _completion_interval(self, now: float) -> float | None:
+        """Return the mean seconds between recent actor exits, or None without any."""
         self._forget_old_completions(now)
         if not self._completions:
-            return DEFAULT_RETRY_AFTER_SECONDS
+            return None
         span = min(COMPLETION_WINDOW_SECONDS, max(now - self._completions[0], 1.0))
-        rate = len(self._completions) / span
-        return min(max(1.0 / rate, MIN_RETRY_AFTER_SECONDS), MAX_RETRY_AFTER_SECONDS)
+        return span / len(self._completions)
 
     def _forget_old_completions(self, now: float) -> None:
         while self._completions and self._completions[0] < now - COMPLETION_WINDOW_SECONDS:
@@ -288,6 +309,29 @@ class Supervisor:
 
     def _status(self, job_id: str) -> JobSnapshot:
         return self._snapshot(self._lookup(job_id), trio.current_time())
+
+    def _watch(self, job_id: str) -> JobWatch:
+        job = self._lookup(job_id)
+        now = trio.current_time()
+        snapshot = self._snapshot(job, now)
+        return JobWatch(
+            snapshot=snapshot,
+            changed=self._table.watch(job),
+            next_change_at=self._next_progress_step_at(job, now),
+        )
+
+    def _next_progress_step_at(self, job: Job, now: float) -> float | None:
+        """Return the trio time the job's reported progress moves next, if it is scheduled."""
+        if job.status is not JobStatus.PROCESSING or job.slot is None:
+            return None
+        next_percent = job.progress + self._settings.progress_step_percent
+        if next_percent > MAX_PROGRESS_BEFORE_DONE:
+            return None  # the next change is the end of the job, which sets the event
+        moment = job.slot.time_of(next_percent / 100)
+        if moment is None:
+            return None
+        # Never in the past: a watcher that wakes must find time has moved.
+        return max(moment, now + MIN_WAKE_SECONDS)
 
     def _cancel(self, job_id: str) -> JobSnapshot:
         job = self._lookup(job_id)
@@ -467,7 +511,8 @@ class Supervisor:
         if job.status is not JobStatus.PROCESSING or job.slot is None:
             return
         step = self._settings.progress_step_percent
-        percent = min(int(job.slot.fraction(now) * 100), 99)
+        # The tolerance keeps 0.29 * 100 = 28.999... from reading as 28.
+        percent = min(math.floor(job.slot.fraction(now) * 100 + 1e-9), MAX_PROGRESS_BEFORE_DONE)
         percent -= percent % step
         if percent > job.progress:
             job.progress = percent
@@ -481,13 +526,20 @@ class Supervisor:
     def _snapshot(self, job: Job, now: float) -> JobSnapshot:
         self._refresh_progress(job, now)
         eta: float | None = None
+        next_change: float | None = None
         queue_position: int | None = None
         if job.status is JobStatus.PROCESSING and job.slot is not None:
             finishes_at = job.slot.finishes_at()
             if finishes_at is not None:
                 eta = max(finishes_at - now, 0.0)
+            step_at = self._next_progress_step_at(job, now)
+            next_change = eta if step_at is None else step_at - now
         if job.status is JobStatus.QUEUED:
             queue_position = self._table.queue_position(job)
+            interval = self._completion_interval(now)
+            if interval is not None:
+                # The job moves up one place each time a processing job ends.
+                next_change = interval
         # Both times derive from stored wall-clock moments, so repeated
         # snapshots of an unchanged job are equal.
         terminal = job.status.is_terminal
@@ -504,6 +556,7 @@ class Supervisor:
             result=job.result if job.status is JobStatus.DONE else None,
             error=job.error if job.status is JobStatus.FAILED else None,
             eta_seconds=eta,
+            next_change_seconds=next_change,
             queue_position=queue_position,
             attempt=job.slot.attempt if job.slot is not None else 0,
             deadline_at=None if terminal else job.created_at + timedelta(seconds=job.timeout),
@@ -560,7 +613,7 @@ class Supervisor:
                 message = self._inbox_receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if not isinstance(message, ActorExited):
+            if not isinstance(message, ActorExited | AttemptStarted):
                 _send_reply(message.reply, outcome.Error(SupervisorClosed()))
         # Every actor has ended by now, because the nursery has exited, so
         # waiting drain and shutdown callers get their answer even when the

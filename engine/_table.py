@@ -34,6 +34,7 @@ class Job:
     """One row of the job table. Only the supervisor task touches it."""
 
     __slots__ = (
+        "changed",
         "created_at",
         "deadline",
         "error",
@@ -84,6 +85,9 @@ class Job:
         self.error: JobError | None = None
         self.idempotency_key: str | None = None
         self.fingerprint: object = None
+        # Set (and dropped) when the job's snapshot changes other than by the
+        # passage of time; created only while someone watches the job.
+        self.changed: trio.Event | None = None
 
 
 class JobTable:
@@ -97,6 +101,8 @@ class JobTable:
         self._tombstones: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._max_tombstones = max_tombstones
         self._idempotency: dict[str, str] = {}  # key -> job id
+        self._watched_queued: set[Job] = set()  # queued jobs with a ``changed`` event
+        self._queue_moved = False  # a queued job left the queue since the last notification
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -116,6 +122,7 @@ class JobTable:
 
     def remove(self, job: Job) -> None:
         """Drop a finished job and remember its id as a tombstone."""
+        self.notify(job)
         del self.jobs[job.job_id]
         self.counts[job.status] -= 1
         self._finished.pop(job.job_id, None)
@@ -140,6 +147,35 @@ class JobTable:
         job_id = self._idempotency.get(key)
         return None if job_id is None else self.jobs.get(job_id)
 
+    # -- watchers ---------------------------------------------------------
+
+    def watch(self, job: Job) -> trio.Event:
+        """Return the event set at the job's next change, creating it if needed."""
+        if job.changed is None:
+            job.changed = trio.Event()
+        if job.status is JobStatus.QUEUED:
+            self._watched_queued.add(job)
+        return job.changed
+
+    def notify(self, job: Job) -> None:
+        """Wake the job's watchers; the next ``watch`` gets a fresh event."""
+        if job.changed is not None:
+            job.changed.set()
+            job.changed = None
+        self._watched_queued.discard(job)
+
+    def notify_queue_moved(self) -> None:
+        """Wake the watchers of every queued job if queue positions changed since the last call.
+
+        The supervisor calls this once per pass of its loop, so a batch of
+        admissions wakes each watcher once, not once per admitted job.
+        """
+        if not self._queue_moved:
+            return
+        self._queue_moved = False
+        for job in list(self._watched_queued):
+            self.notify(job)
+
     # -- state ------------------------------------------------------------
 
     def move(self, job: Job, new: JobStatus) -> JobStatus:
@@ -149,8 +185,10 @@ class JobTable:
         self.counts[old] -= 1
         self.counts[new] += 1
         job.status = new
+        self.notify(job)
         if old is JobStatus.QUEUED:
             self._queue.pop(job.sequence, None)
+            self._queue_moved = True
         if new.is_terminal:
             self._finished[job.job_id] = job
         return old

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -50,3 +52,14 @@ def render_snapshot(snapshot: JobSnapshot) -> dict[str, Any]:
     if snapshot.error is not None:
         body["error"] = {"code": snapshot.error.code, "message": snapshot.error.message}
     return body
+
+
+def snapshot_etag(document: dict[str, Any]) -> str:
+    """Return the entity tag of a rendered status document (unquoted).
+
+    It changes exactly when the document does: every field that moves
+    (status, progress step, queue position, attempt, error, result) is in it,
+    and nothing that changes by itself with time is.
+    """
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=12).hexdigest()

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify, request
 
-from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobStatus, SourceError
+from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobSnapshot, JobStatus, SourceError
 
 from ._body import CheckRequest, StartRequest, read_json_body
 from ._context import current_jobs, current_settings
 from ._problems import Problem
-from ._render import render_snapshot, result_path, status_path
+from ._render import render_snapshot, result_path, snapshot_etag, status_path
 
 logger = logging.getLogger("http_api")
 
-# The client polls status about this often while a job runs (seconds).
+# The client polls status about this often while a job runs, unless the
+# engine can estimate its next change (seconds).
 POLL_INTERVAL_SECONDS = 2
+# Bounds of the Retry-After of a status answer (seconds).
+MIN_RETRY_AFTER_SECONDS = 1
+MAX_RETRY_AFTER_SECONDS = 10
+# A long poll waits at most this long, well below the 60 s and 100 s after
+# which nginx and Cloudflare give up on a request by default (seconds).
+MAX_WAIT_SECONDS = 30.0
+# Larger ?wait= values are rejected as mistakes rather than capped.
+MAX_ACCEPTED_WAIT_SECONDS = 3600
 # Longest a storage probe may take before /health reports it as failed (seconds).
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -125,12 +135,65 @@ async def health() -> Response:
 
 @routes.get("/v1/download/status/<job_id:job_id>")
 async def download_status(job_id: str) -> Response:
-    snapshot = await current_jobs().status(job_id)
-    response = jsonify(render_snapshot(snapshot))
+    """Return the job's status document, conditionally and optionally as a long poll.
+
+    With ``If-None-Match`` naming the current ETag the answer is 304. With
+    ``?wait=N`` as well, the request waits up to N seconds (at most
+    ``MAX_WAIT_SECONDS``) for the snapshot to change and answers as soon as
+    it does; a client that disconnects cancels only its own wait.
+    """
+    wait = _parse_wait(request.args.get("wait"))
+    jobs = current_jobs()
+    snapshot = await jobs.status(job_id)
+    document = render_snapshot(snapshot)
+    etag = snapshot_etag(document)
+
+    if wait > 0 and request.if_none_match.contains(etag):
+
+        def differs(candidate: JobSnapshot) -> bool:
+            return snapshot_etag(render_snapshot(candidate)) != etag
+
+        with trio.move_on_after(wait):
+            snapshot = await jobs.wait_for_change(job_id, differs)
+            document = render_snapshot(snapshot)
+            etag = snapshot_etag(document)
+
+    if request.if_none_match.contains(etag):
+        response = Response(b"", status=304)
+    else:
+        response = jsonify(document)
+    response.set_etag(etag)
     response.headers["Cache-Control"] = "no-cache"
     if not snapshot.status.is_terminal:
-        response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
+        response.headers["Retry-After"] = str(_retry_after_seconds(snapshot))
     return response
+
+
+def _parse_wait(raw: str | None) -> float:
+    """Return the long-poll time in seconds from ``?wait=``, capped at ``MAX_WAIT_SECONDS``."""
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_ACCEPTED_WAIT_SECONDS:  # also rejects NaN
+        raise Problem(
+            400,
+            "invalid_wait",
+            "Invalid wait",
+            f"wait must be a number of seconds from 0 to {MAX_ACCEPTED_WAIT_SECONDS}, got {raw!r}",
+            field="wait",
+        )
+    return min(seconds, MAX_WAIT_SECONDS)
+
+
+def _retry_after_seconds(snapshot: JobSnapshot) -> int:
+    """Return when polling again is worth it: the next expected change, within 1-10 s."""
+    estimate = snapshot.next_change_seconds
+    if estimate is None:
+        return POLL_INTERVAL_SECONDS
+    return int(min(max(math.ceil(estimate), MIN_RETRY_AFTER_SECONDS), MAX_RETRY_AFTER_SECONDS))
 
 
 @routes.delete("/v1/download/<job_id:job_id>")

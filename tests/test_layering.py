@@ -74,6 +74,7 @@ def test_http_block_rejects_quart():
 def test_engine_exports_pinned_names():
     assert set(engine.__all__) == {
         "MAX_IDEMPOTENCY_KEY_LENGTH",
+        "JobWatch",
         "MAX_MILLISECONDS",
         "EngineStats",
         "IdempotencyConflict",
