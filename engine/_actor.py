@@ -48,7 +48,7 @@ async def run_actor(
         with trio.CancelScope() as scope:
             task_status.started(scope)
             try:
-                result = await _fetch_with_retries(
+                result = await fetch_with_retries(
                     job_id, file_id, source, progress, destination, retry, reports
                 )
             except SourceError as exc:
@@ -59,11 +59,13 @@ async def run_actor(
                 error = JobError(code="internal_error", message="the download failed unexpectedly")
     finally:
         if result is None:
-            _discard(destination)
-        _report(reports, ActorExited(job_id, progress.attempt, result=result, error=error))
+            discard_file(destination)
+        report_to_supervisor(
+            reports, ActorExited(job_id, progress.attempt, result=result, error=error)
+        )
 
 
-def _report(reports: trio.MemorySendChannel[Message], report: Message) -> None:
+def report_to_supervisor(reports: trio.MemorySendChannel[Message], report: Message) -> None:
     """Send a report without blocking; the inbox buffer is unbounded."""
     try:
         reports.send_nowait(report)
@@ -73,7 +75,7 @@ def _report(reports: trio.MemorySendChannel[Message], report: Message) -> None:
         logger.debug("%s dropped: supervisor gone", report)
 
 
-async def _fetch_with_retries(
+async def fetch_with_retries(
     job_id: str,
     file_id: int,
     source: Source,
@@ -86,12 +88,12 @@ async def _fetch_with_retries(
     while True:
         progress.attempt = attempt
         if attempt > 1:
-            _report(reports, AttemptStarted(job_id, attempt))
+            report_to_supervisor(reports, AttemptStarted(job_id, attempt))
         try:
             return await source.fetch(file_id, progress, destination)
         except TransientSourceError as exc:
             progress.hold(trio.current_time())
-            _discard(destination)
+            discard_file(destination)
             if attempt >= retry.max_attempts:
                 raise
             wait = retry.backoff(attempt)
@@ -107,7 +109,7 @@ async def _fetch_with_retries(
             attempt += 1
 
 
-def _discard(path: Path) -> None:
+def discard_file(path: Path) -> None:
     # A synchronous unlink: it is fast, and a cleanup path must not checkpoint
     # while the task may already be cancelled.
     path.unlink(missing_ok=True)

@@ -89,9 +89,28 @@ class JobClient:
                 f"idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
             )
         submission: tuple[JobSnapshot, bool] = await self._request(
-            lambda reply: SubmitRequest(file_id, job_timeout, idempotency_key, fingerprint, reply)
+            lambda reply: SubmitRequest(
+                file_id, job_timeout, None, idempotency_key, fingerprint, reply
+            )
         )
         return submission
+
+    async def submit_bulk(
+        self, file_ids: tuple[int, ...], *, job_timeout: float | None = None
+    ) -> JobSnapshot:
+        """Create one queued job that fetches every file in ``file_ids`` into one archive.
+
+        ``file_ids`` must be non-empty and free of duplicates; the caller
+        reports collapsed duplicates. Otherwise like ``submit``.
+        """
+        if not file_ids or len(set(file_ids)) != len(file_ids):
+            raise ValueError("file_ids must be a non-empty tuple without duplicates")
+        if job_timeout is not None and not job_timeout > 0:
+            raise ValueError(f"job timeout must be positive, got {job_timeout}")
+        submission: tuple[JobSnapshot, bool] = await self._request(
+            lambda reply: SubmitRequest(file_ids[0], job_timeout, file_ids, None, None, reply)
+        )
+        return submission[0]
 
     async def status(self, job_id: str) -> JobSnapshot:
         """Return the job's current snapshot.

@@ -29,6 +29,7 @@ class SubmitRequest:
 
     file_id: int
     timeout: float | None  # seconds from submission; None means the default
+    file_ids: tuple[int, ...] | None  # set for a bulk job, whose file_id is then its first
     idempotency_key: str | None
     fingerprint: object  # compared for equality with an earlier request's
     reply: ReplyChannel
@@ -94,6 +95,13 @@ class AttemptStarted:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FilesProgressed:
+    """One file of a bulk job ended (done, missing or failed); its snapshot changed."""
+
+    job_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ActorExited:
     """An actor's final report.
 
@@ -118,4 +126,4 @@ Request = (
     | DrainRequest
     | ShutdownRequest
 )
-Message = Request | AttemptStarted | ActorExited
+Message = Request | AttemptStarted | FilesProgressed | ActorExited

@@ -120,6 +120,8 @@ class EngineSettings:
     # and at 10,000 of them with the default delays about 150 jobs finish per
     # second, whose archives take roughly a quarter of one core to generate.
     max_concurrent_jobs: int = 10_000
+    # Files of one bulk job fetched at once, inside the job's one processing slot.
+    bulk_max_concurrent_files: int = 8
     # Jobs that may wait queued; further starts are rejected until room frees.
     max_queued_jobs: int = 100_000
     # Jobs kept in the table, finished ones included. The oldest finished jobs
@@ -235,6 +237,14 @@ class EngineSettings:
             ),
             download_failure_rate=read_fraction(
                 environ, "DOWNLOAD_FAILURE_RATE", defaults.download_failure_rate
+            ),
+            bulk_max_concurrent_files=read_int(
+                environ,
+                "BULK_MAX_CONCURRENT_FILES",
+                defaults.bulk_max_concurrent_files,
+                minimum=1,
+                maximum=1000,
+                unit="files",
             ),
             max_queued_jobs=read_int(
                 environ,

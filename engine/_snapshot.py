@@ -40,7 +40,7 @@ class JobSnapshot:
     """
 
     job_id: str
-    file_id: int
+    file_id: int  # the only file, or the first file of a bulk job
     status: JobStatus
     progress: int
     created_at: datetime
@@ -62,6 +62,11 @@ class JobSnapshot:
     deadline_at: datetime | None = None
     # When a finished job and its result will be removed.
     expires_at: datetime | None = None
+    # Bulk jobs only: every file id in order, each file's state (queued,
+    # processing, done, missing or failed), and the ids the source lacks.
+    file_ids: tuple[int, ...] | None = None
+    file_states: tuple[tuple[int, str], ...] | None = None
+    missing_file_ids: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ import outcome
 import trio
 
 from ._actor import run_actor
+from ._bulk import BulkProgress, run_bulk_actor
 from ._client import JobClient
 from ._errors import (
     IdempotencyConflict,
@@ -74,6 +75,7 @@ from ._messages import (
     AttemptStarted,
     CancelRequest,
     DrainRequest,
+    FilesProgressed,
     ListRequest,
     Message,
     ReplyChannel,
@@ -222,6 +224,10 @@ class Supervisor:
                 self._stop_replies.append(reply)
                 self._stop_requested = True
                 self._begin_drain(0.0)
+            case FilesProgressed(job_id=job_id):
+                job = self._table.get(job_id)
+                if job is not None and not job.status.is_terminal:
+                    self._table.notify(job)
             case AttemptStarted(job_id=job_id):
                 job = self._table.get(job_id)
                 if job is not None and not job.status.is_terminal:
@@ -260,10 +266,15 @@ class Supervisor:
         )
         job.idempotency_key = key
         job.fingerprint = request.fingerprint
+        job.file_ids = request.file_ids
         self._table.add(job)
         heapq.heappush(self._deadlines, (job.deadline, job.sequence, job))
         self.metrics.submitted.inc()
-        logger.info("job %s: queued (file %d, timeout %g s)", job.job_id, job.file_id, timeout)
+        if job.file_ids is None:
+            files = f"file {job.file_id}"
+        else:
+            files = f"bulk of {len(job.file_ids)} files"
+        logger.info("job %s: queued (%s, timeout %g s)", job.job_id, files, timeout)
         return self._snapshot(job, now), True
 
     def _make_room(self, now: float) -> None:
@@ -382,21 +393,38 @@ class Supervisor:
 
     async def _start_actor(self, job: Job) -> None:
         assert self._actors is not None
-        job.slot = ProgressSlot()
         job.result_path = self._result_path(job.job_id)
         job.started_at = trio.current_time()
+        if job.file_ids is None:
+            job.slot = ProgressSlot()
+        else:
+            job.slot = BulkProgress(job.file_ids)
         self._transition(job, JobStatus.PROCESSING, job.started_at)
         self._running += 1
-        job.scope = await self._actors.start(
-            run_actor,
-            job.job_id,
-            job.file_id,
-            self._source,
-            job.slot,
-            job.result_path,
-            self._retry,
-            self._inbox_send,
-        )
+
+        if isinstance(job.slot, BulkProgress) and job.file_ids is not None:
+            job.scope = await self._actors.start(
+                run_bulk_actor,
+                job.job_id,
+                job.file_ids,
+                self._source,
+                job.slot,
+                job.result_path,
+                self._retry,
+                self._settings.bulk_max_concurrent_files,
+                self._inbox_send,
+            )
+        else:
+            job.scope = await self._actors.start(
+                run_actor,
+                job.job_id,
+                job.file_id,
+                self._source,
+                job.slot,
+                job.result_path,
+                self._retry,
+                self._inbox_send,
+            )
 
     def _result_path(self, job_id: str) -> Path:
         return self._results_dir / f"{job_id}.zip"
@@ -561,7 +589,21 @@ class Supervisor:
             attempt=job.slot.attempt if job.slot is not None else 0,
             deadline_at=None if terminal else job.created_at + timedelta(seconds=job.timeout),
             expires_at=expires_at,
+            **self._bulk_fields(job),
         )
+
+    def _bulk_fields(self, job: Job) -> dict[str, Any]:
+        if job.file_ids is None:
+            return {}
+        states: tuple[tuple[int, str], ...]
+        if isinstance(job.slot, BulkProgress):
+            states = tuple(job.slot.states.items())
+            missing = job.slot.missing()
+        else:
+            state = "cancelled" if job.status is JobStatus.CANCELLED else "queued"
+            states = tuple((file_id, state) for file_id in job.file_ids)
+            missing = ()
+        return {"file_ids": job.file_ids, "file_states": states, "missing_file_ids": missing}
 
     def _update_gauges(self) -> None:
         metrics = self.metrics
@@ -613,7 +655,7 @@ class Supervisor:
                 message = self._inbox_receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if not isinstance(message, ActorExited | AttemptStarted):
+            if not isinstance(message, ActorExited | AttemptStarted | FilesProgressed):
                 _send_reply(message.reply, outcome.Error(SupervisorClosed()))
         # Every actor has ended by now, because the nursery has exited, so
         # waiting drain and shutdown callers get their answer even when the

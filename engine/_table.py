@@ -39,6 +39,7 @@ class Job:
         "deadline",
         "error",
         "file_id",
+        "file_ids",
         "fingerprint",
         "finished_at",
         "idempotency_key",
@@ -68,6 +69,7 @@ class Job:
     ) -> None:
         self.job_id = job_id
         self.file_id = file_id
+        self.file_ids: tuple[int, ...] | None = None  # set for a bulk job
         self.sequence = sequence  # submission order; the queue's key
         self.status = JobStatus.QUEUED
         self.progress = 0  # last reported percentage; only grows

@@ -42,6 +42,19 @@ class StartRequest(BaseModel):
     timeout_ms: Annotated[int, Field(ge=1, le=MAX_MILLISECONDS)] | None = None
 
 
+# The original service's limit on file ids per bulk request.
+MAX_BULK_FILE_IDS = 1000
+
+
+class InitiateRequest(BaseModel):
+    """Body of ``POST /v1/download/initiate``. Unknown members are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    file_ids: Annotated[list[FileId], Field(min_length=1, max_length=MAX_BULK_FILE_IDS)]
+    timeout_ms: Annotated[int, Field(ge=1, le=MAX_MILLISECONDS)] | None = None
+
+
 class CheckRequest(BaseModel):
     """Body of ``POST /v1/download/check``. Unknown members are ignored."""
 
@@ -125,11 +138,18 @@ async def read_json_body(model: type[ModelT]) -> ModelT:
 def _problem_from_validation(error: ValidationError, document: dict[str, Any]) -> Problem:
     first = error.errors(include_url=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or None
-    value = document.get(str(first["loc"][0])) if first["loc"] else None
+    value = first.get("input")
     kind = first["type"]
+    is_file_id = field is not None and field.split(".")[0] in ("file_id", "file_ids")
     if kind == "missing":
         detail = f"{field} is required"
-    elif kind in ("greater_than_equal", "less_than_equal") and field == "file_id":
+    elif kind == "too_short":
+        detail = f"{field} must contain at least one file id"
+    elif kind == "too_long":
+        detail = f"{field} may contain at most {MAX_BULK_FILE_IDS} file ids"
+    elif kind == "list_type":
+        detail = f"{field} must be an array of integers, got {_json_type_name(value)}"
+    elif kind in ("greater_than_equal", "less_than_equal") and is_file_id:
         detail = f"{field} must be from {MIN_FILE_ID} to {MAX_FILE_ID}, got {value}"
     elif kind in ("greater_than_equal", "less_than_equal"):
         detail = f"{field} must be from 1 to {MAX_MILLISECONDS}, got {value}"

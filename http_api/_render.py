@@ -51,6 +51,14 @@ def render_snapshot(snapshot: JobSnapshot) -> dict[str, Any]:
         }
     if snapshot.error is not None:
         body["error"] = {"code": snapshot.error.code, "message": snapshot.error.message}
+    if snapshot.file_ids is not None:
+        del body["fileId"]
+        body["fileIds"] = list(snapshot.file_ids)
+        body["totalFileIds"] = len(snapshot.file_ids)
+        body["files"] = [
+            {"fileId": file_id, "status": state} for file_id, state in snapshot.file_states or ()
+        ]
+        body["missingFileIds"] = list(snapshot.missing_file_ids or ())
     return body
 
 

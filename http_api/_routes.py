@@ -11,7 +11,7 @@ from quart import Blueprint, Response, jsonify, request
 
 from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobSnapshot, JobStatus, SourceError
 
-from ._body import CheckRequest, StartRequest, read_json_body
+from ._body import CheckRequest, InitiateRequest, StartRequest, read_json_body
 from ._context import current_jobs, current_settings
 from ._problems import Problem
 from ._render import render_snapshot, result_path, snapshot_etag, status_path
@@ -59,15 +59,7 @@ def _is_visible_ascii(text: str) -> bool:
 async def start_download() -> Response:
     body = await read_json_body(StartRequest)
     key = _idempotency_key()
-    max_timeout_ms = current_settings().engine.job_timeout_ms
-    if body.timeout_ms is not None and body.timeout_ms > max_timeout_ms:
-        raise Problem(
-            400,
-            "invalid_body",
-            "Invalid request body",
-            f"timeout_ms must be at most JOB_TIMEOUT_MS ({max_timeout_ms}), got {body.timeout_ms}",
-            field="timeout_ms",
-        )
+    _check_timeout(body.timeout_ms)
 
     job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000
     snapshot, created = await current_jobs().submit_idempotent(
@@ -94,6 +86,43 @@ async def start_download() -> Response:
     response.headers["Location"] = status_path(snapshot.job_id)
     response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
     return response
+
+
+@routes.post("/v1/download/initiate")
+async def initiate_bulk_download() -> Response:
+    body = await read_json_body(InitiateRequest)
+    _check_timeout(body.timeout_ms)
+    unique = tuple(dict.fromkeys(body.file_ids))
+    duplicates = sorted({file_id for file_id in body.file_ids if body.file_ids.count(file_id) > 1})
+    job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000
+    snapshot = await current_jobs().submit_bulk(unique, job_timeout=job_timeout)
+    response = jsonify(
+        {
+            "jobId": snapshot.job_id,
+            "status": snapshot.status.value,
+            "totalFileIds": len(unique),
+            "duplicateFileIds": duplicates,
+            "statusUrl": status_path(snapshot.job_id),
+            "resultUrl": result_path(snapshot.job_id),
+        }
+    )
+    response.status_code = 202
+    response.headers["Location"] = status_path(snapshot.job_id)
+    response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
+    return response
+
+
+def _check_timeout(timeout_ms: int | None) -> None:
+    """Raise a 400 problem if a requested deadline exceeds JOB_TIMEOUT_MS."""
+    max_timeout_ms = current_settings().engine.job_timeout_ms
+    if timeout_ms is not None and timeout_ms > max_timeout_ms:
+        raise Problem(
+            400,
+            "invalid_body",
+            "Invalid request body",
+            f"timeout_ms must be at most JOB_TIMEOUT_MS ({max_timeout_ms}), got {timeout_ms}",
+            field="timeout_ms",
+        )
 
 
 @routes.get("/metrics")
