@@ -79,18 +79,22 @@ async def build_archive(file_id: int, size: int, destination: Path) -> ResultInf
                 remaining -= chunk
                 await trio.lowlevel.checkpoint()
 
-    # The ZIP writer seeks back to patch the member header, so the digest is
-    # taken from the finished file rather than while writing.
+    return await describe_archive(destination, archive_name(file_id))
+
+
+async def describe_archive(path: Path, file_name: str) -> ResultInfo:
+    """Measure and hash a finished archive in chunks, with a checkpoint after each.
+
+    The ZIP writer seeks back to patch member headers, so the digest is taken
+    from the finished file rather than while writing.
+    """
     digest = hashlib.sha256()
-    archive_size = 0
-    with destination.open("rb") as written:
+    size = 0
+    with path.open("rb") as written:
         while block := written.read(CHUNK_BYTES):
             digest.update(block)
-            archive_size += len(block)
+            size += len(block)
             await trio.lowlevel.checkpoint()
     return ResultInfo(
-        size=archive_size,
-        media_type=MEDIA_TYPE,
-        file_name=archive_name(file_id),
-        sha256=digest.hexdigest(),
+        size=size, media_type=MEDIA_TYPE, file_name=file_name, sha256=digest.hexdigest()
     )

@@ -17,7 +17,6 @@ and the missing ids.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import zipfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import trio
 
 from ._actor import discard_file, fetch_with_retries, report_to_supervisor
+from ._archive import describe_archive
 from ._errors import FileUnavailable, SourceError
 from ._messages import ActorExited, FilesProgressed, Message
 from ._progress import ProgressSlot
@@ -35,7 +35,6 @@ from ._source import Source
 
 logger = logging.getLogger("engine")
 
-MEDIA_TYPE = "application/zip"
 COPY_CHUNK_BYTES = 256 * 1024
 _FIXED_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 
@@ -206,19 +205,7 @@ async def _build_bulk_archive(
         manifest_member.external_attr = 0o644 << 16
         archive.writestr(manifest_member, json.dumps(manifest, indent=2) + "\n")
 
-    digest = hashlib.sha256()
-    size = 0
-    with destination.open("rb") as written:
-        while block := written.read(COPY_CHUNK_BYTES):
-            digest.update(block)
-            size += len(block)
-            await trio.lowlevel.checkpoint()
-    return ResultInfo(
-        size=size,
-        media_type=MEDIA_TYPE,
-        file_name=bulk_file_name(job_id),
-        sha256=digest.hexdigest(),
-    )
+    return await describe_archive(destination, bulk_file_name(job_id))
 
 
 def _make_parts_dir(parts: Path) -> None:
