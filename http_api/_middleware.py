@@ -1,11 +1,180 @@
-"""Headers every response carries, and per-client rate limiting."""
+"""Headers every response carries, CORS, and per-client rate limiting.
+
+``install_middleware`` registers one ``before_request`` and one
+``after_request`` hook. Quart runs after-request hooks for every response
+that passes through the app's error handlers too, so 404, 405, 413, 429 and
+500 problems get the same headers as successful responses. Responses that
+Hypercorn writes itself, such as 400 for a request it cannot parse, never
+reach the app and carry none of them.
+"""
 
 from __future__ import annotations
 
-from quart import Quart
+import logging
 
-from ._settings import Settings
+import trio
+from quart import Quart, Response, after_this_request, request
+from quart.typing import ResponseTypes
+
+from ._problems import Problem
+from ._ratelimit import FixedWindowLimiter, client_key
+from ._request_id import REQUEST_ID_HEADER, REQUEST_ID_LOG_FILTER, current_request_id
+from ._settings import ANY_ORIGIN, Settings, normalize_origin
+
+logger = logging.getLogger("http_api")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "SAMEORIGIN",
+    # Browsers ignore this header on plain HTTP (RFC 6797), so it takes effect
+    # once a TLS-terminating proxy serves the API over HTTPS.
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Referrer-Policy": "no-referrer",
+    # "cross-origin" because pages on other origins download results. Browsers
+    # check this header on cross-origin loads made without CORS (mode
+    # "no-cors"), and "same-origin" or "same-site" would block those loads.
+    "Cross-Origin-Resource-Policy": "cross-origin",
+}
+
+# Response headers that scripts on allowed origins may read.
+EXPOSED_HEADERS = (
+    "Location, Retry-After, ETag, Content-Disposition, Content-Length, Content-Range, "
+    "Accept-Ranges, Last-Modified, X-Request-ID, "
+    "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+)
+PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": (
+        "Content-Type, Idempotency-Key, If-None-Match, If-Range, Range, X-Request-ID"
+    ),
+    # Seconds a browser may cache this preflight result.
+    "Access-Control-Max-Age": "600",
+}
+
+# Methods counted against the poll budget; every other method uses the write budget.
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class CorsPolicy:
+    """The origins allowed to read responses, and the CORS headers that grant them access."""
+
+    def __init__(self, origins: tuple[str, ...]) -> None:
+        self.any_origin = origins == (ANY_ORIGIN,)
+        normalized = (normalize_origin(origin) for origin in origins)
+        self.origins = frozenset(origin for origin in normalized if origin is not None)
+
+    def allow_origin(self, origin: str | None) -> str | None:
+        """Return the Access-Control-Allow-Origin value for ``origin``, or None to send none."""
+        if self.any_origin:
+            return ANY_ORIGIN
+        if origin is not None and origin in self.origins:
+            return origin
+        return None
+
+    def apply(self, response: Response, origin: str | None) -> None:
+        """Add the CORS headers for a request from ``origin`` to ``response``."""
+        if not self.any_origin:
+            # With a list, the response depends on the Origin header, so shared
+            # caches must not reuse one origin's response for another, nor a
+            # response to a request without Origin for a browser.
+            response.vary.add("Origin")
+        allowed = self.allow_origin(origin)
+        if allowed is None:
+            return
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+
+
+class RateLimits:
+    """The two per-client budgets: one for polls and reads, one for writes."""
+
+    def __init__(self, settings: Settings) -> None:
+        window = settings.rate_limit_window
+        self.trusted_proxies = settings.trusted_proxies
+        self.writes = FixedWindowLimiter(settings.rate_limit_max_requests, window)
+        self.polls = FixedWindowLimiter(settings.rate_limit_poll_max_requests, window)
+
+    def apply(self, *, preflight: bool) -> None:
+        """Count the current request in its budget and add RateLimit-* headers to its response.
+
+        Preflights are not counted, and report the current quota of the poll budget.
+        Raises a 429 ``Problem`` with Retry-After when the budget is used up.
+        """
+        forwarded_for = request.headers.getlist("X-Forwarded-For")
+        peer = request.scope.get("client")
+        key = client_key(None if peer is None else peer[0], forwarded_for, self.trusted_proxies)
+        now = trio.current_time()
+        is_read = request.method in _READ_METHODS
+        limiter = self.polls if is_read else self.writes
+        quota = limiter.peek(key, now) if preflight else limiter.hit(key, now)
+
+        @after_this_request
+        async def add_rate_limit_headers(response: ResponseTypes) -> ResponseTypes:
+            response.headers["RateLimit-Limit"] = str(quota.limit)
+            response.headers["RateLimit-Remaining"] = str(quota.remaining)
+            response.headers["RateLimit-Reset"] = quota.reset_header
+            return response
+
+        if quota.allowed:
+            return
+        kind = "read" if is_read else "write"
+        window_text = f"{limiter.window_seconds:g} s"
+        if quota.first_rejection:
+            logger.warning(
+                "client %s exceeded the %s rate limit of %d requests per %s",
+                key,
+                kind,
+                quota.limit,
+                window_text,
+            )
+        raise Problem(
+            429,
+            "rate_limited",
+            "Too many requests",
+            f"client {key} sent more than {quota.limit} {kind} requests in {window_text}; "
+            f"retry after {quota.reset_header} s",
+            headers={"Retry-After": quota.reset_header},
+        )
+
+
+def _is_preflight() -> bool:
+    return (
+        request.method == "OPTIONS"
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
 
 
 def install_middleware(app: Quart, settings: Settings) -> None:
-    """Register the request hooks that add common headers and enforce rate limits."""
+    """Register the hooks that add common headers, handle preflights and limit request rates."""
+    cors = CorsPolicy(settings.cors_origins)
+    limits = RateLimits(settings) if settings.rate_limit_enabled else None
+    # Logger.addFilter ignores a filter that is already installed, so apps
+    # created one after another (as in tests) do not stack copies.
+    logger.addFilter(REQUEST_ID_LOG_FILTER)
+
+    @app.before_request
+    async def limit_and_answer_preflight() -> Response | None:
+        # Pick the id now, so every log line and problem of the request uses it.
+        current_request_id()
+        preflight = _is_preflight()
+
+        if limits is not None:
+            limits.apply(preflight=preflight)
+
+        # A preflight on a path that matches no route falls through to the 404.
+        if preflight and request.routing_exception is None:
+            response = Response(b"", status=204)
+            if cors.allow_origin(request.headers.get("Origin")) is not None:
+                response.headers.update(PREFLIGHT_HEADERS)
+            return response
+        return None
+
+    @app.after_request
+    async def add_common_headers(response: Response) -> Response:
+        request_id = current_request_id()
+        assert request_id is not None  # after_request runs inside the request context
+        response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers.update(SECURITY_HEADERS)
+        cors.apply(response, request.headers.get("Origin"))
+        return response

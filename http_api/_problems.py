@@ -3,7 +3,8 @@
 Every error response of the service is ``application/problem+json`` with
 ``type``, ``title``, ``status`` and ``detail``, plus ``code`` (a stable,
 machine-readable name), ``field`` where one input field is at fault, and
-``job`` where the error is about an existing job's state.
+``job`` where the error is about an existing job's state. Every problem also
+carries ``requestId``, the id in the response's ``X-Request-ID`` header.
 
 The ``type`` URIs are tag URIs (RFC 4151): stable identifiers that are not
 meant to be dereferenced, which RFC 9457 allows.
@@ -30,6 +31,7 @@ from engine import (
 )
 
 from ._render import render_snapshot
+from ._request_id import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "tag:download-jobs,2026:problem:"
@@ -81,6 +83,9 @@ class Problem(Exception):
         if self.field is not None:
             body["field"] = self.field
         body.update(self.extra)
+        request_id = current_request_id()
+        if request_id is not None:
+            body["requestId"] = request_id
         response = Response(json.dumps(body), status=self.status, content_type=PROBLEM_MEDIA_TYPE)
         response.headers.update(self.headers)
         return response
