@@ -11,6 +11,7 @@ silently rewriting history.
     queued ──▶ processing ──▶ done
        │            ├───────▶ failed
        │            └───────▶ cancelled
+       ├──────────────────────▶ failed      (deadline passed while queued)
        └──────────────────────▶ cancelled
 
 ``done``, ``failed`` and ``cancelled`` are terminal: no move leaves them.
@@ -43,7 +44,7 @@ class JobStatus(enum.Enum):
 _TERMINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
 
 _TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.PROCESSING, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.PROCESSING: frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.DONE: frozenset(),
     JobStatus.FAILED: frozenset(),

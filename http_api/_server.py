@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+from collections.abc import AsyncIterator
 
 import trio
 from hypercorn.config import Config
@@ -23,37 +24,43 @@ logger = logging.getLogger("http_api")
 GRACEFUL_TIMEOUT_SECONDS = 3.0
 
 
-async def _drain_on_stop_signal(app: Quart, grace: float) -> None:
-    """Wait for SIGINT or SIGTERM, then drain the supervisor before the server stops.
+async def _handle_stop_signals(
+    signals: AsyncIterator[int], app: Quart, grace: float, drained: trio.Event
+) -> None:
+    """Drain the supervisor on the first SIGINT or SIGTERM; cancel its jobs on the second.
 
-    While this runs, the server still accepts connections: new starts get
-    503 and polls are answered, so clients can see their jobs end. Processing
-    jobs get ``grace`` seconds; a second signal cancels them at once. When
-    this returns, Hypercorn stops accepting connections and shuts down.
+    While the supervisor drains, the server still accepts connections: new
+    starts get 503 and polls are answered, so clients can see their jobs end.
+    Processing jobs get ``grace`` seconds. ``drained`` is set when no job is
+    left in flight, which tells Hypercorn to stop. Later signals are logged
+    and otherwise ignored, so they cannot kill the process halfway through
+    its shutdown.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    received = 0
+    async with trio.open_nursery() as nursery:
         async for signum in signals:
-            logger.info("received %s, draining for up to %g s", signal.Signals(signum).name, grace)
-            break
+            received += 1
+            name = signal.Signals(signum).name
+            client: JobClient | None = app.extensions.get(CLIENT_KEY)
+            if client is None:
+                logger.info("received %s before start-up finished, stopping", name)
+                drained.set()
+            elif received == 1:
+                logger.info("received %s, draining for up to %g s", name, grace)
+                nursery.start_soon(_drain, client, grace, drained)
+            elif received == 2:
+                logger.warning("received %s again, cancelling unfinished jobs now", name)
+                nursery.start_soon(_drain, client, 0.0, drained)
+            else:
+                logger.warning("received %s, already stopping", name)
 
-        client: JobClient = app.extensions[CLIENT_KEY]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, client, grace, nursery.cancel_scope)
-            async for signum in signals:
-                logger.warning(
-                    "received %s again, cancelling unfinished jobs now",
-                    signal.Signals(signum).name,
-                )
-                nursery.cancel_scope.cancel()
-                break
 
-
-async def _drain(client: JobClient, grace: float, done: trio.CancelScope) -> None:
+async def _drain(client: JobClient, grace: float, drained: trio.Event) -> None:
     try:
         await client.drain(grace)
     except SupervisorClosed:
         pass
-    done.cancel()
+    drained.set()
 
 
 async def serve(
@@ -63,7 +70,7 @@ async def serve(
 
     Hands back the bound addresses (``http://host:port``) once the socket
     listens and the supervisor runs, so ``--port 0`` can be used. On a stop
-    signal the supervisor drains (see ``_drain_on_stop_signal``), then the
+    signal the supervisor drains (see ``_handle_stop_signals``), then the
     server stops accepting connections, unfinished jobs are cancelled and
     logged, and this function returns.
     """
@@ -74,18 +81,19 @@ async def serve(
     config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
     app = create_app(settings)
 
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            functools.partial(
-                hypercorn_serve,
-                app,
-                config,
-                shutdown_trigger=functools.partial(
-                    _drain_on_stop_signal, app, settings.engine.shutdown_grace
-                ),
+    drained = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _handle_stop_signals, signals, app, settings.engine.shutdown_grace, drained
             )
-        )
-        for bind in binds:
-            logger.info("serving on %s", bind)
-        task_status.started(binds)
+            async with trio.open_nursery() as server:
+                binds: list[str] = await server.start(
+                    functools.partial(hypercorn_serve, app, config, shutdown_trigger=drained.wait)
+                )
+                for bind in binds:
+                    logger.info("serving on %s", bind)
+                task_status.started(binds)
+            # The server has stopped: stop listening for signals too.
+            nursery.cancel_scope.cancel()
     logger.info("server stopped")

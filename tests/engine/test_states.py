@@ -20,6 +20,7 @@ TERMINAL = {DONE, FAILED, CANCELLED}
 # The diagram in the module docstring, move by move.
 DOCUMENTED_MOVES = {
     (QUEUED, PROCESSING),
+    (QUEUED, FAILED),
     (QUEUED, CANCELLED),
     (PROCESSING, DONE),
     (PROCESSING, FAILED),

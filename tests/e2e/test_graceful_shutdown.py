@@ -1,0 +1,321 @@
+"""Graceful shutdown of ``download-jobs serve``: the drain after SIGTERM.
+
+On the first SIGTERM the service stops creating jobs and cancels the queued
+ones. Processing jobs may run on for SHUTDOWN_GRACE_MS, and the remaining
+ones are then cancelled. A second SIGTERM cancels them at once. While the
+drain runs, the server still responds: starts get 503 and polls get 200.
+
+These tests run the real console script on 127.0.0.1, send it signals, and
+read its log. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import signal
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from .conftest import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+StartServer = Callable[..., ServerProcess]
+
+# Jobs that stay processing for the whole test.
+SLOW_JOBS = {"DOWNLOAD_DELAY_MIN_MS": "60000", "DOWNLOAD_DELAY_MAX_MS": "60000"}
+# The default rate limit of 100 starts per client and minute would reject
+# part of a burst of 100 starts, and rate limiting is not under test here.
+NO_RATE_LIMIT = {"RATE_LIMIT_ENABLED": "false"}
+REQUEST_TIMEOUT_SECONDS = 5.0
+# Time from the end of the drain to the exit. With no connection open it takes
+# well under a second, and the rest is slack for a loaded machine.
+EXIT_SLACK_SECONDS = 4.0
+# Log timestamps have millisecond resolution, and the signal is sent a moment
+# after the test reads its clock.
+LOG_TIME_TOLERANCE_SECONDS = 0.05
+
+# "job <id>: <old> -> <new> (<reason>)", as the supervisor logs every transition.
+_TRANSITION = re.compile(
+    r"job (?P<job_id>[0-9a-f-]{36}): (?P<old>\w+) -> (?P<new>\w+)(?: \((?P<reason>[^)]*)\))?$"
+)
+_TERMINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
+# The asctime prefix of the "serve" log format.
+_LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def open_client(server: ServerProcess) -> httpx.AsyncClient:
+    # trust_env=False keeps proxy variables from routing 127.0.0.1 elsewhere.
+    return httpx.AsyncClient(
+        base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS
+    )
+
+
+async def start_jobs(client: httpx.AsyncClient, count: int) -> dict[str, str]:
+    """Start ``count`` jobs, then return each job id with the status a poll reports."""
+    statuses: dict[str, str] = {}
+    for offset in range(count):
+        response = await client.post("/v1/download/start", json={"file_id": 70000 + offset})
+        assert response.status_code == 202, response.text
+        statuses[response.json()["jobId"]] = ""
+    for job_id in statuses:
+        response = await client.get(f"/v1/download/status/{job_id}")
+        assert response.status_code == 200, response.text
+        statuses[job_id] = response.json()["status"]
+    return statuses
+
+
+def job_ids_with(statuses: dict[str, str], status: str) -> list[str]:
+    return [job_id for job_id, seen in statuses.items() if seen == status]
+
+
+async def wait_for_log(server: ServerProcess, pattern: str) -> re.Match[str]:
+    return await trio.to_thread.run_sync(server.wait_for_log, pattern)
+
+
+async def wait_for_exit(server: ServerProcess, signalled_at: float, limit: float) -> float:
+    """Wait until the process exits, at most ``limit`` seconds after ``signalled_at``.
+
+    Returns the seconds from ``signalled_at`` to the exit. A process still
+    running then fails the test, and the fixture's teardown kills it.
+    """
+    remaining = max(limit - (time.monotonic() - signalled_at), 0.0)
+    try:
+        await trio.to_thread.run_sync(server.process.wait, remaining)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"server still running {limit} s after the signal; log:\n{server.log}")
+    return time.monotonic() - signalled_at
+
+
+async def exit_status(server: ServerProcess) -> int:
+    """Return the status of an exited server once its whole log is read."""
+    assert server.process.poll() is not None
+    status: int = await trio.to_thread.run_sync(server.stop)
+    return status
+
+
+def transitions(log: str) -> dict[str, list[tuple[str, str, str | None]]]:
+    """Return every logged transition, as (old, new, reason), by job id in log order."""
+    found: dict[str, list[tuple[str, str, str | None]]] = collections.defaultdict(list)
+    for line in log.splitlines():
+        match = _TRANSITION.search(line)
+        if match is not None:
+            found[match["job_id"]].append((match["old"], match["new"], match["reason"]))
+    return found
+
+
+def log_time(log: str, pattern: str) -> datetime:
+    """Return the timestamp of the first log line that matches ``pattern``."""
+    for line in log.splitlines():
+        if re.search(pattern, line):
+            return datetime.strptime(line[:23], _LOG_TIME_FORMAT)
+    raise AssertionError(f"no log line matches {pattern!r}; log:\n{log}")
+
+
+# -- tests --------------------------------------------------------------------
+
+
+async def test_sigterm_ends_every_job_in_flight(start_server: StartServer) -> None:
+    grace = 1.0
+    server = start_server(
+        **SLOW_JOBS,
+        **NO_RATE_LIMIT,
+        MAX_CONCURRENT_JOBS="50",
+        SHUTDOWN_GRACE_MS=str(int(grace * 1000)),
+    )
+    async with open_client(server) as client:
+        statuses = await start_jobs(client, 100)
+    assert collections.Counter(statuses.values()) == {"processing": 50, "queued": 50}
+
+    signalled_at = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    seconds = await wait_for_exit(server, signalled_at, grace + EXIT_SLACK_SECONDS)
+
+    assert await exit_status(server) == 0, server.log
+    log = server.log
+    ended = transitions(log)
+    for job_id, status in statuses.items():
+        endings = [step for step in ended[job_id] if step[1] in _TERMINAL_STATUSES]
+        assert endings == [(status, "cancelled", "by shutdown")], (
+            f"job {job_id} was {status}; its terminal log lines: {endings}"
+        )
+    assert ended.keys() == statuses.keys()
+    assert seconds >= grace - LOG_TIME_TOLERANCE_SECONDS, "processing jobs did not get the grace"
+    assert re.search(r"supervisor draining: 50 queued jobs cancelled, 50 processing get 1 s", log)
+
+    received = log_time(log, r"received SIGTERM, draining")
+    for job_id in job_ids_with(statuses, "processing"):
+        cancelled = log_time(log, rf"job {job_id}: processing -> cancelled")
+        waited = (cancelled - received).total_seconds()
+        assert waited >= grace - LOG_TIME_TOLERANCE_SECONDS, (
+            f"job {job_id} was cancelled {waited} s after SIGTERM, before the {grace} s grace"
+        )
+    assert log.rstrip().endswith("server stopped"), log
+
+
+async def test_grace_period_rejects_starts_answers_polls(start_server: StartServer) -> None:
+    grace = 4.0
+    server = start_server(
+        **SLOW_JOBS,
+        **NO_RATE_LIMIT,
+        MAX_CONCURRENT_JOBS="1",
+        SHUTDOWN_GRACE_MS=str(int(grace * 1000)),
+    )
+    async with open_client(server) as poller:
+        statuses = await start_jobs(poller, 2)
+        (processing_id,) = job_ids_with(statuses, "processing")
+        (queued_id,) = job_ids_with(statuses, "queued")
+
+        signalled_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        await wait_for_log(server, r"supervisor draining: 1 queued jobs cancelled")
+
+        # A new connection, as a new client would open.
+        async with open_client(server) as newcomer:
+            start = await newcomer.post("/v1/download/start", json={"file_id": 70010})
+        processing_poll = await poller.get(f"/v1/download/status/{processing_id}")
+        queued_poll = await poller.get(f"/v1/download/status/{queued_id}")
+        during_grace = time.monotonic() - signalled_at
+
+    assert during_grace < grace, f"the requests took {during_grace} s, past the grace"
+    assert start.status_code == 503, start.text
+    assert start.headers["Content-Type"] == "application/problem+json"
+    problem = start.json()
+    assert problem["status"] == 503
+    assert problem["code"] == "shutting_down"
+    assert problem["detail"]
+    assert int(start.headers["Retry-After"]) > 0
+
+    assert processing_poll.status_code == 200, processing_poll.text
+    assert processing_poll.json()["status"] == "processing"
+    assert queued_poll.status_code == 200, queued_poll.text
+    assert queued_poll.json()["status"] == "cancelled"
+
+    seconds = await wait_for_exit(server, signalled_at, grace + EXIT_SLACK_SECONDS)
+    assert await exit_status(server) == 0, server.log
+    assert seconds >= grace - LOG_TIME_TOLERANCE_SECONDS, "the processing job did not get the grace"
+    log = server.log
+    assert f"job {processing_id}: processing -> cancelled (by shutdown)" in log
+    assert f"job {queued_id}: queued -> cancelled (by shutdown)" in log
+    assert len(transitions(log)) == 2, "the start during the grace period created a job"
+
+
+async def test_job_finishing_in_grace_ends_done(start_server: StartServer) -> None:
+    delay = 2.0
+    grace = 30.0
+    server = start_server(
+        **NO_RATE_LIMIT,
+        DOWNLOAD_DELAY_MIN_MS=str(int(delay * 1000)),
+        DOWNLOAD_DELAY_MAX_MS=str(int(delay * 1000)),
+        SHUTDOWN_GRACE_MS=str(int(grace * 1000)),
+    )
+    async with open_client(server) as client:
+        statuses = await start_jobs(client, 3)
+    assert set(statuses.values()) == {"processing"}
+
+    signalled_at = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    # The process must exit once the jobs are done, long before the grace ends.
+    seconds = await wait_for_exit(server, signalled_at, delay + EXIT_SLACK_SECONDS)
+
+    assert await exit_status(server) == 0, server.log
+    assert seconds < grace
+    log = server.log
+    assert re.search(r"supervisor draining: 0 queued jobs cancelled, 3 processing get 30 s", log)
+    results_dir = Path(server.settings["RESULTS_DIR"])
+    for job_id in statuses:
+        assert f"job {job_id}: processing -> done" in log, log
+        with zipfile.ZipFile(results_dir / f"{job_id}.zip") as archive:
+            assert archive.testzip() is None
+    assert "-> cancelled" not in log
+
+
+async def test_long_poll_in_grace_sees_job_end(start_server: StartServer) -> None:
+    grace = 2.0
+    server = start_server(**SLOW_JOBS, **NO_RATE_LIMIT, SHUTDOWN_GRACE_MS=str(int(grace * 1000)))
+    async with open_client(server) as client:
+        (job_id,) = await start_jobs(client, 1)
+        current = await client.get(f"/v1/download/status/{job_id}")
+        assert current.json()["status"] == "processing"
+
+        signalled_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        await wait_for_log(server, r"supervisor draining")
+        # The only change coming is the cancel at the end of the grace, so this waits for it.
+        long_poll = await client.get(
+            f"/v1/download/status/{job_id}",
+            params={"wait": "30"},
+            headers={"If-None-Match": current.headers["ETag"]},
+            timeout=grace + EXIT_SLACK_SECONDS,
+        )
+        answered_after = time.monotonic() - signalled_at
+
+    assert long_poll.status_code == 200, long_poll.text
+    assert long_poll.json()["status"] == "cancelled"
+    assert answered_after >= grace - LOG_TIME_TOLERANCE_SECONDS
+    await wait_for_exit(server, signalled_at, grace + EXIT_SLACK_SECONDS)
+    assert await exit_status(server) == 0, server.log
+
+
+# Maximum seconds from the second SIGTERM to the cancel of a processing job.
+# Cancelling takes milliseconds, and the rest is slack for a loaded machine.
+SECOND_SIGNAL_CANCEL_SECONDS = 1.0
+
+
+@pytest.mark.parametrize(
+    "poller_connected",
+    [
+        pytest.param(False, id="no-connection"),
+        pytest.param(True, id="poller-connected"),
+    ],
+)
+async def test_second_sigterm_cancels_at_once(
+    start_server: StartServer, poller_connected: bool
+) -> None:
+    grace = 30.0
+    server = start_server(
+        **SLOW_JOBS,
+        **NO_RATE_LIMIT,
+        MAX_CONCURRENT_JOBS="2",
+        SHUTDOWN_GRACE_MS=str(int(grace * 1000)),
+    )
+    async with open_client(server) as poller:
+        statuses = await start_jobs(poller, 3)
+        if not poller_connected:
+            await poller.aclose()  # so that no connection is open when the signals arrive
+        processing_ids = job_ids_with(statuses, "processing")
+        (queued_id,) = job_ids_with(statuses, "queued")
+        assert len(processing_ids) == 2
+
+        server.process.send_signal(signal.SIGTERM)
+        await wait_for_log(server, rf"job {queued_id}: queued -> cancelled \(by shutdown\)")
+        if poller_connected:
+            # An idle keep-alive connection, as a client between two polls has.
+            poll = await poller.get(f"/v1/download/status/{processing_ids[0]}")
+            assert poll.status_code == 200, poll.text
+        assert server.process.poll() is None, "the server exited before the grace period ended"
+
+        second_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        await wait_for_exit(server, second_at, EXIT_SLACK_SECONDS)
+
+    assert await exit_status(server) == 0, server.log
+    log = server.log
+    second_received = log_time(log, r"received SIGTERM again, cancelling unfinished jobs now")
+    for job_id in processing_ids:
+        assert f"job {job_id}: processing -> cancelled (by shutdown)" in log, log
+        cancelled = log_time(log, rf"job {job_id}: processing -> cancelled")
+        waited = (cancelled - second_received).total_seconds()
+        assert waited <= SECOND_SIGNAL_CANCEL_SECONDS, (
+            f"job {job_id} was cancelled {waited} s after the second SIGTERM"
+        )
+    assert log.rstrip().endswith("server stopped"), log
