@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import outcome
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, Phase, event, settings as hypothesis_settings, strategies as st
