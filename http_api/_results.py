@@ -1,48 +1,357 @@
-"""The result download: ``GET`` and ``HEAD /v1/download/{jobId}``."""
+"""The result download: ``GET`` and ``HEAD /v1/download/{jobId}``, with byte ranges.
+
+A done job's file is sent with a strong ``ETag`` (its SHA-256) and a
+``Last-Modified`` date (when the job finished), so a client can resume an
+interrupted download with ``Range`` and ``If-Range`` (RFC 9110).
+
+Conditional headers are evaluated in the order of RFC 9110 section 13.2.2:
+``If-Match`` (else ``If-Unmodified-Since``) fails with 412,
+``If-None-Match`` (else ``If-Modified-Since``) gives 304, and only a request
+that would otherwise get the whole file reaches ``If-Range`` and ``Range``.
+A job that is not done gets its 409, 410 or 404 before any of this, so a
+``Range`` request never receives part of an unfinished file.
+
+``Range`` is applied to ``GET`` only, and only when it contains exactly one
+``bytes`` range that parses:
+
+- ``bytes=a-b``, ``bytes=a-`` and ``bytes=-n`` get 206 with ``Content-Range``.
+  An end past the file is clamped to the last byte, and a suffix longer than
+  the file selects the whole file.
+- A start at or past the end of the file, and ``bytes=-0``, get 416 with
+  ``Content-Range: bytes */SIZE``.
+- Another unit, a malformed header (``b`` below ``a`` included) and several
+  ranges are ignored: the whole file is sent with 200, which RFC 9110 allows.
+- ``HEAD`` ignores ``Range`` and gets 200, as RFC 9110 section 14.2 requires.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+import logging
+import re
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol
 
 import trio
 from quart import Blueprint, Response, request
+from quart.wrappers.response import ResponseBody
+from werkzeug.http import http_date, parse_date, parse_etags
+
+from engine import ResultFile
 
 from ._context import current_jobs
 from ._problems import Problem
 
 RESULT_CHUNK_BYTES = 64 * 1024
 
+# A cached copy could outlive the job's expiry, so no cache may store a result.
+CACHE_CONTROL = "private, no-store"
+
+# Positions with more digits than this are beyond any file (up to 1 GiB of
+# content), so they are capped instead of converted. By default int() rejects
+# strings of more than 4300 digits (sys.get_int_max_str_digits).
+_MAX_POSITION_DIGITS = 18
+_MAX_POSITION: int = 10**_MAX_POSITION_DIGITS
+
+# One range-spec of RFC 9110 section 14.1.1: "first-last", "first-" or "-suffix".
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+
+logger = logging.getLogger("http_api")
+
 results = Blueprint("results", __name__)
 
 
-@results.get("/v1/download/<job_id:job_id>")
-async def download_result(job_id: str) -> Response:
-    result = await current_jobs().open_result(job_id)
+@dataclasses.dataclass(frozen=True, slots=True)
+class RangeSpec:
+    """The one byte range of a ``Range`` header, before it is checked against the file size.
+
+    ``first`` is None for a suffix range, and then ``last`` is the suffix length.
+    """
+
+    first: int | None
+    last: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ByteRange:
+    """A satisfiable byte range of the file: ``start`` to ``end``, both inclusive."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Validators:
+    """The result's ``ETag`` header value and its ``Last-Modified`` time in whole seconds."""
+
+    etag: str
+    last_modified: datetime
+
+    @classmethod
+    def of(cls, result: ResultFile) -> Validators:
+        # The job's file never changes once it is done, so the finish time is a
+        # strong validator even at one-second precision (RFC 9110 section 8.8.2.2).
+        finished_at = result.snapshot.updated_at.replace(microsecond=0)
+        return cls(etag=f'"{result.info.sha256}"', last_modified=finished_at)
+
+
+def parse_range(value: str) -> RangeSpec | None:
+    """Parse a ``Range`` header that contains one byte range.
+
+    Returns None, so that the header is ignored, for another unit, a malformed
+    header, a range whose last position is below its first, and more than one
+    range. Empty list elements are skipped, as RFC 9110 section 5.6.1 requires.
+    """
+    unit, separator, range_set = value.partition("=")
+    if not separator or unit.lower() != "bytes":
+        return None
+
+    specs = [item.strip(" \t") for item in range_set.split(",")]
+    specs = [spec for spec in specs if spec]
+    if len(specs) != 1:
+        return None
+
+    match = _RANGE_SPEC.fullmatch(specs[0])
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text and not last_text:
+        return None
+
+    first = _parse_position(first_text) if first_text else None
+    last = _parse_position(last_text) if last_text else None
+    if first is not None and last is not None and last < first:
+        return None
+    return RangeSpec(first, last)
+
+
+def _parse_position(digits: str) -> int:
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_POSITION_DIGITS:
+        return _MAX_POSITION
+    return int(significant or "0")
+
+
+def resolve_range(spec: RangeSpec, size: int) -> ByteRange | None:
+    """Return what ``spec`` selects in a file of ``size`` bytes, or None if it is unsatisfiable."""
+    if size == 0:
+        return None
+    if spec.first is None:
+        suffix_length = spec.last or 0
+        if suffix_length == 0:
+            return None
+        return ByteRange(max(size - suffix_length, 0), size - 1)
+    if spec.first >= size:
+        return None
+    end = size - 1 if spec.last is None else min(spec.last, size - 1)
+    return ByteRange(spec.first, end)
+
+
+def _precondition_failed(detail: str) -> Problem:
+    return Problem(
+        412,
+        "precondition_failed",
+        "Precondition failed",
+        detail,
+        headers={"Cache-Control": CACHE_CONTROL},
+    )
+
+
+def _evaluate_preconditions(validators: Validators) -> bool:
+    """Evaluate If-Match and If-None-Match, or their date forms, and return True for a 304.
+
+    Raises a 412 problem when ``If-Match`` or ``If-Unmodified-Since`` fails.
+    An invalid date is ignored, as RFC 9110 sections 13.1.3 and 13.1.4 require.
+    """
+    etag = validators.etag.strip('"')
+    last_modified = http_date(validators.last_modified)
+
+    if_match = request.headers.get("If-Match")
+    if if_match is not None:
+        # Strong comparison: a weak tag never matches.
+        if not parse_etags(if_match).contains(etag):
+            raise _precondition_failed(
+                f"If-Match does not contain the result's ETag {validators.etag}"
+            )
+    else:
+        unmodified_since = request.if_unmodified_since
+        if unmodified_since is not None and validators.last_modified > unmodified_since:
+            raise _precondition_failed(
+                f"the result was last modified at {last_modified}, after If-Unmodified-Since"
+            )
+
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        # Weak comparison, so W/"<sha256>" also matches.
+        return parse_etags(if_none_match).contains_weak(etag)
+    modified_since = request.if_modified_since
+    return modified_since is not None and validators.last_modified <= modified_since
+
+
+def _if_range_matches(validators: Validators) -> bool:
+    """Return whether ``If-Range`` is absent or names the current result.
+
+    An entity tag must equal the current ``ETag`` (a weak tag never does) and
+    a date must equal ``Last-Modified`` exactly. An unparsable value does not match.
+    """
+    value = request.headers.get("If-Range")
+    if value is None:
+        return True
+    value = value.strip(" \t")
+    if value.startswith('"'):
+        return value == validators.etag
+    if value.startswith("W/"):
+        return False
+    date = parse_date(value)
+    return date is not None and date == validators.last_modified
+
+
+def _select_range(validators: Validators, size: int) -> ByteRange | None:
+    """Return the range to send with 206, or None for the whole file with 200.
+
+    Raises a 416 problem for an unsatisfiable range.
+    """
+    value = request.headers.get("Range")
+    if request.method != "GET" or value is None:
+        return None
+    if not _if_range_matches(validators):
+        return None
+    spec = parse_range(value)
+    if spec is None:
+        return None
+
+    selected = resolve_range(spec, size)
+    if selected is None:
+        raise Problem(
+            416,
+            "range_not_satisfiable",
+            "Range not satisfiable",
+            f"Range {value!r} selects no byte of the {size}-byte result",
+            headers={
+                "Content-Range": f"bytes */{size}",
+                "Accept-Ranges": "bytes",
+                "Cache-Control": CACHE_CONTROL,
+            },
+        )
+    return selected
+
+
+class _AsyncBinaryFile(Protocol):
+    """The methods of ``trio.open_file(path, "rb")`` that the body uses."""
+
+    async def seek(self, offset: int, /) -> int: ...
+
+    async def read(self, size: int, /) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class FileRangeBody(ResponseBody):
+    """A response body that reads ``length`` bytes from ``start`` of an open file.
+
+    It reads RESULT_CHUNK_BYTES at a time, so memory stays bounded whatever the
+    size, and closes the file when Quart finishes sending, also when the
+    client goes away.
+    """
+
+    def __init__(self, file: _AsyncBinaryFile, start: int, length: int, job_id: str) -> None:
+        self._file = file
+        self._start = start
+        self._remaining = length
+        self._job_id = job_id
+
+    async def __aenter__(self) -> FileRangeBody:
+        await self._file.seek(self._start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._file.aclose()
+
+    def __aiter__(self) -> FileRangeBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._remaining == 0:
+            raise StopAsyncIteration
+        chunk = await self._file.read(min(RESULT_CHUNK_BYTES, self._remaining))
+        if not chunk:
+            # The file is shorter than its recorded size. Ending here leaves
+            # the response short of its Content-Length, so the server aborts
+            # the connection and the client sees an incomplete transfer.
+            logger.error(
+                "result file of job %s ended %d bytes early", self._job_id, self._remaining
+            )
+            raise StopAsyncIteration
+        self._remaining -= len(chunk)
+        return chunk
+
+
+async def _open_result_file(result: ResultFile) -> _AsyncBinaryFile:
     try:
-        file = await trio.open_file(result.path, "rb")
+        return await trio.open_file(result.path, "rb")
     except FileNotFoundError:
         raise Problem(
             410,
             "result_unavailable",
             "Result unavailable",
-            f"the result of job {job_id} was removed",
+            f"the result of job {result.snapshot.job_id} was removed",
         ) from None
 
-    info = result.info
-    if request.method == "HEAD":
+
+@results.get("/v1/download/<job_id:job_id>")
+async def download_result(job_id: str) -> Response:
+    result = await current_jobs().open_result(job_id)
+    # Opened before the headers are chosen, so a removed file gets 410 on every
+    # path, and the bytes stay readable if the file is removed while they are sent.
+    file = await _open_result_file(result)
+    try:
+        response = _build_response(result, file)
+    except BaseException:
         await file.aclose()
-        response = Response(b"", status=200, content_type=info.media_type)
-    else:
-        response = Response(_stream(file), status=200, content_type=info.media_type)
-    response.headers["Content-Length"] = str(info.size)
-    response.headers["Content-Disposition"] = f'attachment; filename="{info.file_name}"'
-    response.headers["ETag"] = f'"{info.sha256}"'
-    response.headers["Cache-Control"] = "private, no-store"
+        raise
+    if not isinstance(response.response, FileRangeBody):
+        await file.aclose()
     return response
 
 
-async def _stream(file: trio.abc.AsyncResource) -> AsyncIterator[bytes]:
-    """Yield the open file in chunks and close it, also when the client goes away."""
-    async with file:
-        while chunk := await file.read(RESULT_CHUNK_BYTES):  # type: ignore[attr-defined]
-            yield chunk
+def _build_response(result: ResultFile, file: _AsyncBinaryFile) -> Response:
+    """Build the 200, 206 or 304 response. Only a 200 or 206 to GET reads from ``file``."""
+    info = result.info
+    validators = Validators.of(result)
+
+    if _evaluate_preconditions(validators):
+        response = Response(b"", status=304)
+        del response.headers["Content-Type"]
+        del response.headers["Content-Length"]
+        response.headers["ETag"] = validators.etag
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        return response
+
+    selected = _select_range(validators, info.size)
+    start, length = (0, info.size) if selected is None else (selected.start, selected.length)
+    if request.method == "HEAD":
+        response = Response(b"", status=200, content_type=info.media_type)
+    else:
+        body = FileRangeBody(file, start, length, result.snapshot.job_id)
+        response = Response(body, status=200, content_type=info.media_type)
+
+    if selected is not None:
+        response.status_code = 206
+        response.headers["Content-Range"] = f"bytes {selected.start}-{selected.end}/{info.size}"
+    response.headers["Content-Length"] = str(length)
+    response.headers["Content-Disposition"] = f'attachment; filename="{info.file_name}"'
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["ETag"] = validators.etag
+    response.headers["Last-Modified"] = http_date(validators.last_modified)
+    response.headers["Cache-Control"] = CACHE_CONTROL
+    return response
