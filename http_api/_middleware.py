@@ -45,7 +45,8 @@ EXPOSED_HEADERS = (
 PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Methods": "GET, HEAD, POST, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": (
-        "Content-Type, Idempotency-Key, If-None-Match, If-Range, Range, X-Request-ID"
+        "Content-Type, Idempotency-Key, If-Match, If-Modified-Since, If-None-Match, "
+        "If-Range, If-Unmodified-Since, Range, X-Request-ID"
     ),
     # Seconds a browser may cache this preflight result.
     "Access-Control-Max-Age": "600",
