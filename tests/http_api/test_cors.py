@@ -38,8 +38,11 @@ ALLOWED_METHODS = {"GET", "HEAD", "POST", "DELETE", "OPTIONS"}
 ALLOWED_REQUEST_HEADERS = {
     "Content-Type",
     "Idempotency-Key",
+    "If-Match",
+    "If-Modified-Since",
     "If-None-Match",
     "If-Range",
+    "If-Unmodified-Since",
     "Range",
     "X-Request-ID",
 }
