@@ -104,6 +104,9 @@ MAX_PROGRESS_BEFORE_DONE = 99
 # Shortest sleep before a watcher looks again for a scheduled progress step,
 # so rounding can never make it spin (seconds).
 MIN_WAKE_SECONDS = 0.001
+# Stale deadline entries tolerated beyond twice the jobs in flight before the
+# heap is rebuilt; keeps small tables from rebuilding on every pass.
+STALE_DEADLINES_SLACK = 1024
 # Most timers (deadlines or expiries) handled in one pass of the loop.
 TIMER_BATCH = 1000
 # Completions counted for the Retry-After estimate of a rejected start (seconds).
@@ -285,7 +288,9 @@ class Supervisor:
         if waiting - free_slots >= settings.max_queued_jobs:
             self.metrics.rejected.labels(reason="queue_full").inc()
             raise Overloaded(
-                f"the queue is full: {waiting} jobs are waiting", self._retry_after(now)
+                f"the queue is full ({waiting} waiting, MAX_QUEUED_JOBS is "
+                f"{settings.max_queued_jobs})",
+                self._retry_after(now),
             )
 
         if len(self._table) >= settings.max_retained_jobs:
@@ -465,6 +470,13 @@ class Supervisor:
         deadlines = self._deadlines
         while deadlines and deadlines[0][2].status.is_terminal:
             heapq.heappop(deadlines)  # the job ended before its deadline
+        # Entries of jobs that ended early stay in the heap until their deadline
+        # would have come, holding the Job objects. Every job in flight has
+        # exactly one entry, so once more than half are stale, rebuild the heap
+        # from the live ones: O(n), and amortized O(1) per finished job.
+        if len(deadlines) > 2 * self._table.in_flight_count() + STALE_DEADLINES_SLACK:
+            deadlines[:] = [entry for entry in deadlines if not entry[2].status.is_terminal]
+            heapq.heapify(deadlines)
         wakeup = self._grace_deadline
         if deadlines:
             wakeup = min(wakeup, deadlines[0][0])
