@@ -14,6 +14,7 @@ from engine import EngineError, JobClient, Supervisor
 
 from ._context import CLIENT_KEY, SETTINGS_KEY
 from ._middleware import install_middleware
+from ._openapi import install_openapi
 from ._problems import Problem, problem_from_engine_error
 from ._results import results
 from ._routes import routes
@@ -59,6 +60,8 @@ def create_app(settings: Settings) -> Quart:
         RESPONSE_TIMEOUT=None,
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=SUPERVISOR_STOP_SECONDS,
     )
+    # Before sort_keys: quart-schema replaces app.json with its own provider.
+    install_openapi(app)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.converters["job_id"] = JobIdConverter
     app.register_blueprint(routes)

@@ -36,12 +36,25 @@ from typing import Protocol
 import trio
 from quart import Blueprint, Response, request
 from quart.wrappers.response import ResponseBody
+from quart_schema import document_headers
 from werkzeug.http import http_date, parse_date, parse_etags
 
 from engine import ResultFile
 
 from ._context import current_jobs
+from ._openapi import operation, responds
 from ._problems import Problem
+from ._schemas import (
+    NoBody,
+    PartialResultHeaders,
+    ProblemDocument,
+    RangeNotSatisfiableHeaders,
+    ResultHeaders,
+    ResultNotModifiedHeaders,
+    ResultResponseHeaders,
+    RetryAfterHeaders,
+    ZipArchive,
+)
 
 RESULT_CHUNK_BYTES = 64 * 1024
 
@@ -309,6 +322,51 @@ async def _open_result_file(result: ResultFile) -> _AsyncBinaryFile:
 
 
 @results.get("/v1/download/<job_id:job_id>")
+@operation(
+    "Download a finished job's file",
+    """
+    Send `Range` (with `If-Range`) to resume an interrupted download. HEAD
+    returns the same headers without the body and ignores `Range`.
+    """,
+    head=True,
+)
+@document_headers(ResultHeaders)
+@responds(200, ZipArchive, "The whole file", ResultResponseHeaders)
+@responds(206, ZipArchive, "The requested byte range of the file", PartialResultHeaders)
+@responds(
+    304,
+    NoBody,
+    "If-None-Match or If-Modified-Since matches: the client's copy is current",
+    ResultNotModifiedHeaders,
+)
+@responds(400, ProblemDocument, "The job id is not a UUID (code invalid_job_id)")
+@responds(404, ProblemDocument, "No job has this id (code job_not_found)")
+@responds(
+    409,
+    ProblemDocument,
+    "The job is queued or processing (code result_not_ready), and job has its document",
+    RetryAfterHeaders,
+)
+@responds(
+    410,
+    ProblemDocument,
+    "The job failed or was cancelled (code result_unavailable, with job), its file was "
+    "removed, or the job expired (code expired)",
+)
+@responds(
+    412,
+    ProblemDocument,
+    "If-Match or If-Unmodified-Since does not match the file (code precondition_failed)",
+)
+@responds(
+    416,
+    ProblemDocument,
+    "Range selects no byte of the file (code range_not_satisfiable)",
+    RangeNotSatisfiableHeaders,
+)
+@responds(
+    503, ProblemDocument, "The server is shutting down (code shutting_down)", RetryAfterHeaders
+)
 async def download_result(job_id: str) -> Response:
     result = await current_jobs().open_result(job_id)
     # Opened before the headers are chosen, so a removed file gets 410 on every

@@ -8,13 +8,34 @@ import math
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify, request
+from quart_schema import document_headers, document_querystring, document_request
 
 from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobSnapshot, JobStatus, SourceError
 
 from ._body import CheckRequest, InitiateRequest, StartRequest, read_json_body
 from ._context import current_jobs, current_settings
+from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
 from ._problems import Problem
 from ._render import render_snapshot, result_path, snapshot_etag, status_path
+from ._schemas import (
+    AcceptedHeaders,
+    BulkJobAccepted,
+    FileCheck,
+    HealthyReport,
+    JobAccepted,
+    JobStatusDocument,
+    MetricsText,
+    NoBody,
+    ProblemDocument,
+    RetryAfterHeaders,
+    ServiceIndex,
+    StartHeaders,
+    StatusHeaders,
+    StatusQuery,
+    StatusResponseHeaders,
+    UnhealthyReport,
+    UnsupportedMediaTypeHeaders,
+)
 
 logger = logging.getLogger("http_api")
 
@@ -33,6 +54,16 @@ MAX_ACCEPTED_WAIT_SECONDS = 3600
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
 routes = Blueprint("download", __name__)
+
+SERVICE_MESSAGE = "download-jobs: long-running downloads behind a polling API"
+
+# Descriptions of problem responses that several routes document.
+_BODY_TOO_LARGE = "Body larger than 64 KiB"
+_NOT_JSON = "Content-Type is not application/json or application/*+json with UTF-8"
+_MALFORMED_JOB_ID = "The job id is not a UUID (code invalid_job_id)"
+_UNKNOWN_JOB = "No job has this id (code job_not_found)"
+_EXPIRED_JOB = "The job finished and was removed after its time to live (code expired)"
+_SHUTTING_DOWN = "The server is shutting down (code shutting_down)"
 
 
 def _idempotency_key() -> str | None:
@@ -55,7 +86,60 @@ def _is_visible_ascii(text: str) -> bool:
     return all("!" <= character <= "~" for character in text)
 
 
+@routes.get("/")
+@operation(
+    "Describe the service", "Links to the documentation, the health check and the start route."
+)
+@responds(200, ServiceIndex, "The service's name and links")
+async def service_index() -> Response:
+    return jsonify(
+        {
+            "message": SERVICE_MESSAGE,
+            "docs": DOCS_PATH,
+            "openapi": OPENAPI_PATH,
+            "health": "/health",
+            "start": "/v1/download/start",
+        }
+    )
+
+
 @routes.post("/v1/download/start")
+@operation(
+    "Start a download job",
+    """
+    Creates a job for one file and returns 202 at once, without waiting for
+    the file. Poll the status URL in `Location` until the job ends.
+    """,
+)
+@document_request(StartRequest)
+@document_headers(StartHeaders)
+@responds(202, JobAccepted, "Job created and queued", AcceptedHeaders)
+@responds(
+    200,
+    JobStatusDocument,
+    "The Idempotency-Key was used before with the same body: the existing job as it is now",
+    AcceptedHeaders,
+)
+@responds(
+    400,
+    ProblemDocument,
+    "Invalid JSON (code invalid_json), a body that does not match the schema or a timeout_ms "
+    "above JOB_TIMEOUT_MS (code invalid_body, with field), or an invalid Idempotency-Key",
+)
+@responds(413, ProblemDocument, _BODY_TOO_LARGE)
+@responds(415, ProblemDocument, _NOT_JSON, UnsupportedMediaTypeHeaders)
+@responds(
+    422,
+    ProblemDocument,
+    "The Idempotency-Key was used before with a different body (code idempotency_key_reused)",
+)
+@responds(
+    503,
+    ProblemDocument,
+    "The queue or job table is full (code overloaded), or the server is shutting down "
+    "(code shutting_down)",
+    RetryAfterHeaders,
+)
 async def start_download() -> Response:
     body = await read_json_body(StartRequest)
     key = _idempotency_key()
@@ -89,6 +173,31 @@ async def start_download() -> Response:
 
 
 @routes.post("/v1/download/initiate")
+@operation(
+    "Start a bulk download job",
+    """
+    Creates one job that packs every listed file into one archive. Repeated
+    ids are fetched once and listed in `duplicateFileIds`. Ids the storage
+    lacks end up in the status document's `missingFileIds`.
+    """,
+)
+@document_request(InitiateRequest)
+@responds(202, BulkJobAccepted, "Bulk job created and queued", AcceptedHeaders)
+@responds(
+    400,
+    ProblemDocument,
+    "Invalid JSON (code invalid_json), or a body that does not match the schema or a "
+    "timeout_ms above JOB_TIMEOUT_MS (code invalid_body, with field)",
+)
+@responds(413, ProblemDocument, _BODY_TOO_LARGE)
+@responds(415, ProblemDocument, _NOT_JSON, UnsupportedMediaTypeHeaders)
+@responds(
+    503,
+    ProblemDocument,
+    "The queue or job table is full (code overloaded), or the server is shutting down "
+    "(code shutting_down)",
+    RetryAfterHeaders,
+)
 async def initiate_bulk_download() -> Response:
     body = await read_json_body(InitiateRequest)
     _check_timeout(body.timeout_ms)
@@ -126,12 +235,28 @@ def _check_timeout(timeout_ms: int | None) -> None:
 
 
 @routes.get("/metrics")
+@operation("Read the Prometheus metrics")
+@responds(200, MetricsText, "Metrics in the Prometheus text exposition format")
 async def metrics() -> Response:
     body = generate_latest(current_jobs().metrics_registry)
     return Response(body, status=200, content_type=CONTENT_TYPE_LATEST)
 
 
 @routes.post("/v1/download/check")
+@operation(
+    "Check whether a file exists",
+    "Asks the storage for the file's archive size without starting a job.",
+)
+@document_request(CheckRequest)
+@responds(200, FileCheck, "Whether the file exists, and its storage key and size if it does")
+@responds(
+    400,
+    ProblemDocument,
+    "Invalid JSON (code invalid_json), or a body that does not match the schema "
+    "(code invalid_body, with field)",
+)
+@responds(413, ProblemDocument, _BODY_TOO_LARGE)
+@responds(415, ProblemDocument, _NOT_JSON, UnsupportedMediaTypeHeaders)
 async def check_download() -> Response:
     body = await read_json_body(CheckRequest)
     size = await current_jobs().check_file(body.file_id)
@@ -146,6 +271,9 @@ async def check_download() -> Response:
 
 
 @routes.get("/health")
+@operation("Check the service's health", "Probes the storage, waiting at most 2 s.")
+@responds(200, HealthyReport, "The storage answered")
+@responds(503, UnhealthyReport, "The storage probe failed or timed out")
 async def health() -> Response:
     healthy = False
     with trio.move_on_after(HEALTH_PROBE_TIMEOUT_SECONDS):
@@ -163,6 +291,31 @@ async def health() -> Response:
 
 
 @routes.get("/v1/download/status/<job_id:job_id>")
+@operation(
+    "Read a job's status document",
+    """
+    Poll at about the interval in `Retry-After`. Send the last `ETag` in
+    `If-None-Match` to get 304 while nothing changed, and add `wait` to hold
+    the request until the document changes, for at most 30 s.
+    """,
+)
+@document_querystring(StatusQuery)
+@document_headers(StatusHeaders)
+@responds(200, JobStatusDocument, "The job's current status document", StatusResponseHeaders)
+@responds(
+    304,
+    NoBody,
+    "If-None-Match names the current ETag: the document has not changed",
+    StatusResponseHeaders,
+)
+@responds(
+    400,
+    ProblemDocument,
+    _MALFORMED_JOB_ID + ", or wait is not a number from 0 to 3600 (code invalid_wait)",
+)
+@responds(404, ProblemDocument, _UNKNOWN_JOB)
+@responds(410, ProblemDocument, _EXPIRED_JOB)
+@responds(503, ProblemDocument, _SHUTTING_DOWN, RetryAfterHeaders)
 async def download_status(job_id: str) -> Response:
     """Return the job's status document, conditionally and optionally as a long poll.
 
@@ -226,6 +379,21 @@ def _retry_after_seconds(snapshot: JobSnapshot) -> int:
 
 
 @routes.delete("/v1/download/<job_id:job_id>")
+@operation(
+    "Cancel a job",
+    "Cancels a queued or processing job. Cancelling a cancelled job again returns the same "
+    "document.",
+)
+@responds(200, JobStatusDocument, "The job's status document, now cancelled")
+@responds(400, ProblemDocument, _MALFORMED_JOB_ID)
+@responds(404, ProblemDocument, _UNKNOWN_JOB)
+@responds(
+    409,
+    ProblemDocument,
+    "The job already ended as done or failed (code job_already_finished), and job has its document",
+)
+@responds(410, ProblemDocument, _EXPIRED_JOB)
+@responds(503, ProblemDocument, _SHUTTING_DOWN, RetryAfterHeaders)
 async def cancel_download(job_id: str) -> Response:
     snapshot = await current_jobs().cancel(job_id)
     assert snapshot.status is JobStatus.CANCELLED
