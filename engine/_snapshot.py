@@ -63,7 +63,8 @@ class JobSnapshot:
     # When a finished job and its result will be removed.
     expires_at: datetime | None = None
     # Bulk jobs only: every file id in order, each file's state (queued,
-    # processing, done, missing or failed), and the ids the source lacks.
+    # processing, done, missing, failed, or cancelled when the job ended
+    # before the file did), and the ids the source lacks.
     file_ids: tuple[int, ...] | None = None
     file_states: tuple[tuple[int, str], ...] | None = None
     missing_file_ids: tuple[int, ...] | None = None

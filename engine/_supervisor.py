@@ -611,6 +611,12 @@ class Supervisor:
         if isinstance(job.slot, BulkProgress):
             states = tuple(job.slot.states.items())
             missing = job.slot.missing()
+            if job.status.is_terminal:
+                # Files still queued or processing when the job ended never will be.
+                states = tuple(
+                    (file_id, "cancelled" if state in ("queued", "processing") else state)
+                    for file_id, state in states
+                )
         else:
             state = "cancelled" if job.status is JobStatus.CANCELLED else "queued"
             states = tuple((file_id, state) for file_id in job.file_ids)

@@ -15,6 +15,7 @@ import logging
 import trio
 from quart import Quart, Response, after_this_request, request
 from quart.typing import ResponseTypes
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ._problems import Problem
 from ._ratelimit import FixedWindowLimiter, client_key
@@ -178,4 +179,21 @@ def install_middleware(app: Quart, settings: Settings) -> None:
         response.headers[REQUEST_ID_HEADER] = request_id
         response.headers.update(SECURITY_HEADERS)
         cors.apply(response, request.headers.get("Origin"))
+        if response.status_code >= 400 and _may_have_unread_body():
+            # An error answered before the body was read leaves that body on
+            # the connection, and Hypercorn 0.18 then never answers the next
+            # request sent on it. Reading the body (at most MAX_CONTENT_LENGTH
+            # bytes) clears it; a body too large to read closes the connection.
+            try:
+                await request.get_data(cache=False)
+            except RequestEntityTooLarge:
+                response.headers["Connection"] = "close"
         return response
+
+
+def _may_have_unread_body() -> bool:
+    """Return whether the request declared a body, which an early error may have left unread."""
+    if request.headers.get("Transfer-Encoding"):
+        return True
+    length = request.headers.get("Content-Length", "0").strip()
+    return length not in ("", "0")

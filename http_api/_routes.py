@@ -330,17 +330,23 @@ async def download_status(job_id: str) -> Response:
     document = render_snapshot(snapshot)
     etag = snapshot_etag(document)
 
-    if wait > 0 and request.if_none_match.contains(etag):
+    # If-None-Match uses the weak comparison (RFC 9110 section 13.1.2), so a
+    # tag that a proxy marked weak, W/"...", still matches.
+    if wait > 0 and request.if_none_match.contains_weak(etag):
 
         def differs(candidate: JobSnapshot) -> bool:
             return snapshot_etag(render_snapshot(candidate)) != etag
 
         with trio.move_on_after(wait):
-            snapshot = await jobs.wait_for_change(job_id, differs)
-            document = render_snapshot(snapshot)
-            etag = snapshot_etag(document)
+            await jobs.wait_for_change(job_id, differs)
+        # Read again whether the wait ended early or timed out: progress that
+        # no scheduled wake-up announced (a source that reports piecemeal, or
+        # a bulk job) must still reach the client at the end of the wait.
+        snapshot = await jobs.status(job_id)
+        document = render_snapshot(snapshot)
+        etag = snapshot_etag(document)
 
-    if request.if_none_match.contains(etag):
+    if request.if_none_match.contains_weak(etag):
         response = Response(b"", status=304)
     else:
         response = jsonify(document)

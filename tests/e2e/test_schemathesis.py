@@ -204,14 +204,6 @@ def read_response_head(connection: socket.socket) -> bytes:
     return lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: when the app answers (405, 404, 415, or GET with a body) before reading "
-        "a request body that arrives after the headers, the next request on the same "
-        "kept-alive connection gets no response"
-    ),
-)
 def test_unread_body_keeps_connection_usable(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server(**SERVER_SETTINGS)
     port = int(server.base_url.rsplit(":", 1)[1])

@@ -501,12 +501,6 @@ async def test_bulk_deadline_covers_whole_job(autojump_clock, make_settings, res
     assert left == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed, cancelled or timed-out bulk job keeps showing the files it was "
-    "fetching as processing (and a cancelled queued one shows 'cancelled', which is "
-    "not a file state), so its final status document claims work in progress",
-)
 async def test_finished_bulk_has_no_processing_file(autojump_clock, make_settings):
     settings = fixed_delay(make_settings, 20)
     source = FailingFileSource(

@@ -334,11 +334,6 @@ async def test_bulk_long_poll_returns_at_file_end(autojump_clock, tmp_path):
     assert finished["status"] == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bulk job's progress moves with time but wakes no long poll, and when the "
-    "wait times out the route sends 304 with the ETag read before waiting",
-)
 async def test_bulk_long_poll_timeout_sees_progress(autojump_clock, tmp_path):
     # Two 120 s files at once: progress is 25% after 30 s and no file has ended.
     async with open_client(tmp_path, **fixed_delay(120)) as client:

@@ -405,11 +405,6 @@ async def test_tag_list_without_current_gets_200(autojump_clock, open_client):
     assert finished["status"] == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="If-None-Match must use the weak comparison (RFC 9110, section 13.1.2), but the "
-    "route matches strong tags only, so W/ plus the current tag gets 200",
-)
 async def test_weak_current_tag_gets_304(autojump_clock, open_client):
     async with open_client() as client:
         job_id = await start(client)
@@ -632,11 +627,6 @@ async def test_cancelled_poll_task_leaves_job(autojump_clock, open_client):
     assert finished["status"] == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when a long poll times out, the route answers from the snapshot it read before "
-    "waiting, so it sends 304 and the old ETag although progress moved meanwhile",
-)
 async def test_long_poll_timeout_rechecks_tag(autojump_clock, open_client):
     # Progress jumps to 50% at 2 s through set_fraction, which wakes no waiter.
     async with open_client(source=PiecewiseSource(after=2)) as client:
