@@ -142,6 +142,11 @@ class JobClient:
         cancel scope. Cancelling the wait never affects the job. Raises like
         ``status``, for example ``JobExpired`` when the job is removed while
         the caller waits.
+
+        NOTE: progress that a source declares after the watch began (a
+        schedule set late, or ``set_fraction`` reports) wakes no waiter until
+        some other change does; the HTTP long poll reads the status again when
+        its wait ends, so the client still gets it then.
         """
         while True:
             watch = await self.watch(job_id)
