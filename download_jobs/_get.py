@@ -46,7 +46,22 @@ def run_get(file_id: str, *, server: str, output: str | None, quiet: bool = Fals
     return 0
 
 
+def _check_output(output: str | None) -> None:
+    """Raise ``GetError`` now if ``-o`` cannot be written, before a long job runs."""
+    if output is None:
+        return
+    target = Path(output)
+    if target.is_dir():
+        raise GetError(f"output {output} is a folder; give a file path")
+    folder = target.parent
+    if not folder.is_dir():
+        raise GetError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise GetError(f"output folder {folder} is not writable")
+
+
 def _get(file_id: str, server: str, output: str | None, quiet: bool) -> Path:
+    _check_output(output)
     try:
         with httpx.Client(base_url=server, timeout=REQUEST_TIMEOUT_SECONDS) as client:
             job = _start(client, file_id)
@@ -59,6 +74,8 @@ def _get(file_id: str, server: str, output: str | None, quiet: bool) -> Path:
                 raise
     except httpx.TransportError as exc:
         raise GetError(f"cannot reach {server}: {exc}") from None
+    except httpx.InvalidURL as exc:
+        raise GetError(f"invalid server URL {server}: {exc}") from None
 
 
 def _start(client: httpx.Client, file_id: str) -> dict[str, Any]:
@@ -146,6 +163,9 @@ def _download(
     except httpx.TransportError as exc:
         partial.unlink(missing_ok=True)
         raise GetError(f"download of job {job['jobId']} was cut off: {exc}") from None
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise GetError(f"cannot write {partial}: {exc.strerror}") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -345,6 +345,14 @@ def _check_results_dir(raw: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SettingsError("RESULTS_DIR", raw, f"a folder that can be created ({exc})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SettingsError("RESULTS_DIR", raw, "a folder this process can write to")
+    # Write and remove a probe file: os.access() reports /proc and read-only
+    # mounts as writable for root.
+    probe = path / f".download-jobs-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            "RESULTS_DIR", raw, f"a folder this process can write to ({exc.strerror})"
+        ) from None
     return path
