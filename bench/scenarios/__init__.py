@@ -1,0 +1,1 @@
+"""The five scenarios; each module has ``KEY``, ``TITLE`` and ``run(context) -> result``."""
