@@ -23,6 +23,12 @@ logger = logging.getLogger("http_api")
 # How long open connections get to finish after a stop signal (seconds).
 GRACEFUL_TIMEOUT_SECONDS = 3.0
 
+# NOTE: with Hypercorn 0.18 and quart-trio 0.12, a connection stays open after
+# a response to a "Connection: close" request, and idle keep-alive connections
+# are not closed after keep_alive_timeout (seen on 127.0.0.1; Hypercorn issue
+# 330 reports the first). Clients that read to EOF instead of Content-Length
+# wait until they give up; the server holds one socket per such client.
+
 
 async def _handle_stop_signals(
     signals: AsyncIterator[int], app: Quart, grace: float, drained: trio.Event
