@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from . import _config
-from ._machine import LoadMonitor, command_line, describe_machine, other_load
+from ._machine import LoadMonitor, command_line, current_commit, describe_machine, other_load
 from ._runner import Context, Features, probe_features
 from ._targets import evaluate
 from .scenarios import inflight, polling, start_latency, storm, throughput
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-from",
         metavar="JSON",
         help="rebuild the targets and docs/benchmarks.md from a saved results file, run nothing",
+    )
+    parser.add_argument(
+        "--merge-into",
+        metavar="JSON",
+        help="full run only: put this run's scenarios into a saved results file "
+        "(replacing them there), then rebuild the targets and docs/benchmarks.md",
     )
     parser.add_argument(
         "--no-report",
@@ -154,6 +160,38 @@ def rebuild_report(path: str) -> int:
     return 0
 
 
+def merge_into(
+    path: str, results: dict[str, Any], crashed: dict[str, str], started_at: datetime, wall: float
+) -> int:
+    """Replace the rerun scenarios in a saved results file, then rebuild its report."""
+    import json
+
+    document = json.loads(Path(path).read_text())
+    document["scenarios"].update(results)
+    for key in results:
+        document["crashed"].pop(key, None)
+    document["crashed"].update(crashed)
+    # A rerun entry says where figures in the file came from, so earlier
+    # reruns whose scenarios this run replaces are dropped.
+    document["meta"]["reruns"] = [
+        rerun
+        for rerun in document["meta"].get("reruns", [])
+        if not set(rerun["scenarios"]) <= set(results)
+    ]
+    document["meta"]["reruns"].append(
+        {
+            "scenarios": sorted(results),
+            "command": command_line(),
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "wall_seconds": wall,
+        }
+    )
+    Path(path).write_text(json.dumps(document, indent=1) + "\n")
+    print(f"bench: merged {', '.join(sorted(results))} into {path}", flush=True)
+    rebuild_report(path)
+    return 1 if crashed else 0
+
+
 def _parse_saved(name: str, text: str) -> Any:
     if name in COUNT_KNOBS:
         return _config.parse_counts(text)
@@ -184,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     echo(f"bench: {mode} run of {', '.join(selected)}, {sizes.runs} run(s) per figure")
+    machine = describe_machine()
     crashed: dict[str, str] = {}
     try:
         features = probe_features(arguments.http_parser, echo)
@@ -202,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in selected:
         scenario_started = time.perf_counter()
         reading = monitor.reading()
+        # The servers import the work tree afresh, so record what they ran.
+        commit = current_commit()
         try:
             results[key] = SCENARIOS[key].run(context)
+            results[key]["commit"] = commit
             results[key]["machine_load"] = other_load(reading, monitor.reading())
         except Exception:
             crashed[key] = traceback.format_exc()
@@ -227,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+    if mode == "full" and arguments.merge_into:
+        return merge_into(arguments.merge_into, results, crashed, started_at, wall)
     if mode == "full" and not arguments.no_report:
         from ._report import write_page, write_results
 
@@ -240,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine_load": run_load,
                 "quiet_waited_seconds": context.quiet_waited,
                 "http_parser": arguments.http_parser,
-                "machine": describe_machine(),
+                "machine": machine,
                 "sizes": {name: _show(value) for name, value in dataclasses.asdict(sizes).items()},
                 "features": {
                     "found": [

@@ -32,7 +32,14 @@ import psutil
 import trio
 import trio.testing
 
-from engine import EngineSettings, JobClient, JobStatus, SimulatedSource, Supervisor
+from engine import (
+    EngineSettings,
+    JobAlreadyFinished,
+    JobClient,
+    JobStatus,
+    SimulatedSource,
+    Supervisor,
+)
 from engine._progress import ProgressReporter
 from engine._snapshot import ResultInfo
 
@@ -126,10 +133,12 @@ async def submit_all(
     count: int,
     deadline_for: Callable[[int], float | None] | None = None,
     source: RecordingSource | None = None,
+    on_submitted: Callable[[int, str], None] | None = None,
 ) -> list[str]:
     """Submit ``count`` jobs from ``SUBMITTERS`` tasks; return their ids by index.
 
-    ``deadline_for(index)`` gives a job's timeout in seconds, or None for the default.
+    ``deadline_for(index)`` gives a job's timeout in seconds, or None for the
+    default. ``on_submitted(index, job_id)`` runs right after each submission.
     With ``source``, its ``hold_until`` follows the estimated end of the
     submission (from the rate so far, plus 20% and 1 s), so every job's
     drawn delay starts counting when all jobs are in.
@@ -154,6 +163,8 @@ async def submit_all(
             job_timeout = deadline_for(index) if deadline_for is not None else None
             snapshot = await client.submit(FIRST_FILE_ID + index, job_timeout=job_timeout)
             job_ids[index] = snapshot.job_id
+            if on_submitted is not None:
+                on_submitted(index, snapshot.job_id)
 
     async with trio.open_nursery() as nursery:
         if source is not None:
@@ -329,18 +340,29 @@ async def run_storm(parameters: dict[str, Any]) -> dict[str, Any]:
             await trio.testing.wait_all_tasks_blocked()
             idle_tasks = count_tasks()
 
-            started = trio.current_time()
-            job_ids = await submit_all(client, jobs, timeouts.get)
-            submitted = trio.current_time()
-            peak_tasks = count_tasks()
+            late_cancels = 0
 
-            async def cancel_later(index: int, after: float) -> None:
-                await trio.sleep_until(started + after)
-                await client.cancel(job_ids[index])
+            async def cancel_later(job_id: str, at: float) -> None:
+                nonlocal late_cancels
+                await trio.sleep_until(at)
+                try:
+                    await client.cancel(job_id)
+                except JobAlreadyFinished:
+                    late_cancels += 1
 
+            # Each cancel counts from its own job's submission, which is
+            # also when the job's delay starts (every job gets a slot at once).
             async with trio.open_nursery() as cancels:
-                for index, after in cancel_after.items():
-                    cancels.start_soon(cancel_later, index, after)
+
+                def schedule_cancel(index: int, job_id: str) -> None:
+                    if index in cancel_after:
+                        at = trio.current_time() + cancel_after[index]
+                        cancels.start_soon(cancel_later, job_id, at)
+
+                started = trio.current_time()
+                job_ids = await submit_all(client, jobs, timeouts.get, on_submitted=schedule_cancel)
+                submitted = trio.current_time()
+                peak_tasks = count_tasks()
 
             # Every job ends by its delay (plus archive writing); wait for that, bounded.
             limit = trio.current_time() + high + 30
@@ -361,7 +383,8 @@ async def run_storm(parameters: dict[str, Any]) -> dict[str, Any]:
         snapshot = snapshots[job_id]
         role = roles[index]
         if role == "cancel":
-            wrong += snapshot.status is not JobStatus.CANCELLED
+            # A cancel that reached a finished job is counted in late_cancels.
+            wrong += snapshot.status not in (JobStatus.CANCELLED, JobStatus.DONE)
         elif role == "timeout":
             timed_out = snapshot.status is JobStatus.FAILED and snapshot.error is not None
             if timed_out and snapshot.error is not None and snapshot.error.code == "timeout":
@@ -376,6 +399,7 @@ async def run_storm(parameters: dict[str, Any]) -> dict[str, Any]:
         "jobs": jobs,
         "submit_seconds": submitted - started,
         "wrong_terminal_states": float(wrong),
+        "late_cancels": float(late_cancels),
         "timed_out_jobs": float(len(lateness)),
         "lateness_p50_ms": percentile(lateness, 0.5) * 1000,
         "lateness_p99_ms": percentile(lateness, 0.99) * 1000,

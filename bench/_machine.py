@@ -101,6 +101,14 @@ def _git(*arguments: str) -> str:
     return completed.stdout.strip()
 
 
+def current_commit() -> str:
+    """Return the short commit of the work tree, noting uncommitted changes to tracked files."""
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += " with uncommitted changes"
+    return commit
+
+
 def command_line() -> str:
     """Return the command that started this run, as a user would type it."""
     return " ".join(["python -m bench", *sys.argv[1:]])

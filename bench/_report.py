@@ -292,11 +292,16 @@ def _setup_section(document: dict[str, Any]) -> list[str]:
         "## Setup",
         "",
         f"- Command: `{meta['command']}`",
+        *(
+            f"- Rerun later and merged: {', '.join(rerun['scenarios'])}, started "
+            f"{rerun['started_at']}, `{rerun['command']}`"
+            for rerun in meta.get("reruns", [])
+        ),
         f"- Machine: {machine['cpu_model']}, {machine['logical_cores']} logical cores "
         f"({machine['physical_cores']} physical), "
         f"{machine['memory_bytes'] / 2**30:.1f} GiB memory, "
         f"{machine['os']}, Linux {machine['kernel']}",
-        f"- Python: {machine['python']}; commit {machine['commit']}"
+        f"- Python: {machine['python']}; commit {machine['commit']} at the start"
         + (" with uncommitted changes" if machine["uncommitted_changes"] else ""),
         "- Packages: "
         + ", ".join(
@@ -331,6 +336,8 @@ def _load_lines(result: dict[str, Any]) -> list[str]:
     if not load:
         return []
     return [
+        "",
+        f"Measured on commit {result.get('commit', 'unknown')}.",
         "",
         f"Processes outside the benchmark used {load['other_processes_cores']:.2f} cores on "
         f"average during this scenario (1-minute load average {load['load_average_1min']:.1f} at "
@@ -600,6 +607,7 @@ def _storm_section(result: dict[str, Any]) -> list[str]:
             result,
             [
                 ("wrong states", "wrong_terminal_states", 0),
+                ("late cancels", "late_cancels", 0),
                 ("timed out", "timed_out_jobs", 0),
                 ("lateness p50 ms", "lateness_p50_ms", 2),
                 ("lateness p99 ms", "lateness_p99_ms", 2),

@@ -127,7 +127,9 @@ async def _http_storm(server: ServerProcess, context: Context, seed: int) -> dic
     cancel_after = {
         i: rng.uniform(0.05, 0.9) * shortest for i, role in enumerate(roles) if role == "cancel"
     }
+    # Cancels get their own connections, so none waits behind queued starts.
     pool = ConnectionPool(server.port, context.parser, HTTP_CONNECTIONS)
+    cancel_pool = ConnectionPool(server.port, context.parser, HTTP_CONNECTIONS)
     starts, cancels, statuses = Tally(), Tally(), Tally()
     job_ids: dict[int, str] = {}
     last_start = trio.current_time()
@@ -143,7 +145,8 @@ async def _http_storm(server: ServerProcess, context: Context, seed: int) -> dic
         job_ids[index] = json.loads(response.body)["jobId"]
         if index in cancel_after:
             await trio.sleep_until(started + cancel_after[index])
-            await pool.request(("DELETE", f"/v1/download/{job_ids[index]}", None, b""), cancels)
+            spec = ("DELETE", f"/v1/download/{job_ids[index]}", None, b"")
+            await cancel_pool.request(spec, cancels)
 
     async with trio.open_nursery() as nursery:
         for index in range(jobs):
@@ -162,6 +165,7 @@ async def _http_storm(server: ServerProcess, context: Context, seed: int) -> dic
             nursery.start_soon(fetch, index, job_id)
     metrics = await read_metrics(server.port, context.parser)
     await pool.aclose()
+    await cancel_pool.aclose()
 
     wrong = jobs - len(documents)
     lateness: list[float] = []
