@@ -127,9 +127,9 @@ class EngineSettings:
     # Jobs kept in the table, finished ones included. The oldest finished jobs
     # are evicted first to make room; jobs in flight never are.
     max_retained_jobs: int = 200_000
-    # Ids of removed jobs remembered to answer "expired" instead of "not found".
+    # Ids of removed jobs remembered, so requests for them get "expired" (410), not 404.
     max_tombstones: int = 100_000
-    # Longest a job may take from submission to its end, queue time included.
+    # Maximum time from a job's submission to its end, queue time included.
     job_timeout_ms: int = 300_000
     # How long a finished job and its result are kept.
     job_ttl_ms: int = 3_600_000

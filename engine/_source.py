@@ -1,4 +1,4 @@
-"""Where downloads come from.
+"""Sources: the protocol that produces downloads, and the simulated source.
 
 A source turns a file id into a file on disk. The supervisor does not care
 how: the simulated source below sleeps and generates an archive, and a
@@ -46,7 +46,7 @@ class Source(Protocol):
         ...
 
     async def check_health(self) -> None:
-        """Return if the storage behind the source answers; raise ``SourceError`` if not.
+        """Return if the storage behind the source responds; raise ``SourceError`` if not.
 
         The caller bounds the time it may take.
         """

@@ -445,7 +445,7 @@ class Supervisor:
         job = self._table.get(report.job_id)
         if job is None or job.status.is_terminal:
             # The job was cancelled, timed out or removed while the actor
-            # finished: that decision stands, and a late result is discarded.
+            # finished: that decision is final, and a late result is discarded.
             if report.result is not None:
                 self._result_path(report.job_id).unlink(missing_ok=True)
                 logger.debug("job %s: discarded a result that arrived too late", report.job_id)

@@ -36,7 +36,7 @@ from ._request_id import current_request_id
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "tag:download-jobs,2026:problem:"
 
-# Engine errors and the HTTP answer each one gets: (status, code, title).
+# Engine errors and the HTTP response each one gets: (status, code, title).
 _ENGINE_ERRORS: dict[type[EngineError], tuple[int, str, str]] = {
     JobNotFound: (404, "job_not_found", "Job not found"),
     JobExpired: (410, "expired", "Job expired"),
@@ -50,7 +50,7 @@ _ENGINE_ERRORS: dict[type[EngineError], tuple[int, str, str]] = {
 
 
 class Problem(Exception):
-    """An error that the service answers with a problem+json response."""
+    """An error that the service returns as a problem+json response."""
 
     def __init__(
         self,

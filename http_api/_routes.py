@@ -1,4 +1,4 @@
-"""HTTP routes: each one parses the request, asks the supervisor, renders the answer."""
+"""HTTP routes: each one parses the request, sends it to the supervisor and renders the reply."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ logger = logging.getLogger("http_api")
 # The client polls status about this often while a job runs, unless the
 # engine can estimate its next change (seconds).
 POLL_INTERVAL_SECONDS = 2
-# Bounds of the Retry-After of a status answer (seconds).
+# Bounds of the Retry-After of a status response (seconds).
 MIN_RETRY_AFTER_SECONDS = 1
 MAX_RETRY_AFTER_SECONDS = 10
 # A long poll waits at most this long, well below the 60 s and 100 s after
@@ -50,7 +50,7 @@ MAX_RETRY_AFTER_SECONDS = 10
 MAX_WAIT_SECONDS = 30.0
 # Larger ?wait= values are rejected as mistakes rather than capped.
 MAX_ACCEPTED_WAIT_SECONDS = 3600
-# Longest a storage probe may take before /health reports it as failed (seconds).
+# Maximum time a storage probe may take before /health reports it as failed (seconds).
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
 routes = Blueprint("download", __name__)
