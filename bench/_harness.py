@@ -10,9 +10,9 @@ its stdout. Modes:
   wakes), CPU with no requests, and reported progress against elapsed/total
   delay.
 - ``storm``: K jobs, half cancelled at random moments, a quarter with
-  deadlines shorter than their delays; check every terminal state, how long
-  after its deadline each timed-out job ended, and that the task count
-  returns to its idle value.
+  deadlines shorter than their delays. Check every terminal state and how
+  long after its deadline each timed-out job ended. Also check that the task
+  count returns to its idle value.
 """
 
 from __future__ import annotations

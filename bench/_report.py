@@ -205,8 +205,9 @@ def chart_storm(result: dict[str, Any]) -> str:
             axes.hist(
                 samples, bins=50, alpha=0.6, label=f"{system['label']} ({len(samples):,} jobs)"
             )
+    axes.set_yscale("log")
     axes.set_xlabel("time ended - deadline (ms)")
-    axes.set_ylabel("timed-out jobs")
+    axes.set_ylabel("timed-out jobs (log scale)")
     axes.set_title("Timed-out jobs: lateness after their deadline, all runs")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
