@@ -192,7 +192,7 @@ class JobClient:
         """Stop accepting jobs; wait up to ``grace`` seconds for processing ones, then cancel.
 
         Queued jobs are cancelled at once. Returns when no actor is left.
-        The supervisor keeps answering status and result requests.
+        The supervisor keeps replying to status and result requests.
         """
         await self._request(lambda reply: DrainRequest(grace, reply))
 

@@ -25,7 +25,7 @@ import trio
 
 
 class ProgressReporter(Protocol):
-    """The write side of a progress slot, as a source sees it."""
+    """The write side of a progress slot, as a source uses it."""
 
     def advance_linearly(self, start: float, duration: float) -> None:
         """Declare that progress runs from its current value to 1.0 between

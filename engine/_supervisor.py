@@ -6,7 +6,7 @@ Only the supervisor task reads or writes the job table (``engine._table``).
 Everyone else talks to it by message: callers through ``JobClient``, which
 puts a request with a one-shot reply channel into the inbox and waits on that
 channel, and actors through one final ``ActorExited`` report. Because one
-task handles one message at a time, each request sees and leaves the table in
+task handles one message at a time, each request finds and leaves the table in
 a consistent state without locks, and a cancel that races with a completion
 is decided by whichever message arrives first.
 
@@ -676,7 +676,7 @@ class Supervisor:
             if not isinstance(message, ActorExited | AttemptStarted | FilesProgressed):
                 _send_reply(message.reply, outcome.Error(SupervisorClosed()))
         # Every actor has ended by now, because the nursery has exited, so
-        # waiting drain and shutdown callers get their answer even when the
+        # waiting drain and shutdown callers get their reply even when the
         # supervisor was cancelled from outside.
         for reply in self._drain_replies + self._stop_replies:
             _send_reply(reply, outcome.Value(None))

@@ -1,6 +1,6 @@
 """The HTTP front end: a Quart-Trio app that turns requests into supervisor calls.
 
-It keeps no job state; every answer comes from ``engine.JobClient``.
+It keeps no job state; every response comes from ``engine.JobClient``.
 """
 
 from ._app import create_app as create_app

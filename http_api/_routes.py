@@ -319,7 +319,7 @@ async def health() -> Response:
 async def download_status(job_id: str) -> Response:
     """Return the job's status document, conditionally and optionally as a long poll.
 
-    With ``If-None-Match`` naming the current ETag the answer is 304. With
+    With ``If-None-Match`` naming the current ETag the response is 304. With
     ``?wait=N`` as well, the request waits up to N seconds (at most
     ``MAX_WAIT_SECONDS``) for the snapshot to change and answers as soon as
     it does; a client that disconnects cancels only its own wait.

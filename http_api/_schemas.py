@@ -219,7 +219,7 @@ class StorageCheck(ResponseModel):
 
 
 class HealthyReport(ResponseModel):
-    """The storage answered its probe."""
+    """The storage responded to its probe."""
 
     status: Literal["healthy"]
     checks: StorageCheck
