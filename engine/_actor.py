@@ -25,14 +25,14 @@ async def run_actor(
     destination: Path,
     retry: RetryPolicy,
     reports: trio.MemorySendChannel[Message],
-    *,
-    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    scope: trio.CancelScope,
 ) -> None:
     """Fetch one file, retrying transient failures, and report how it ended.
 
-    Start it with ``await nursery.start(run_actor, ...)``: it hands back the
-    ``CancelScope`` around the download, and cancelling that scope cancels
-    this job and nothing else.
+    Start it with ``nursery.start_soon``. The download runs inside ``scope``,
+    a fresh ``CancelScope`` that the caller keeps: cancelling it cancels this
+    job and nothing else, and it may be cancelled before the task first runs,
+    in which case the actor reports at once without fetching.
 
     The actor never raises into its nursery. A ``SourceError`` or any other
     ``Exception`` from the source becomes a failed report, and a cancel of its
@@ -45,8 +45,7 @@ async def run_actor(
     result: ResultInfo | None = None
     error: JobError | None = None
     try:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
+        with scope:
             try:
                 result = await fetch_with_retries(
                     job_id, file_id, source, progress, destination, retry, reports

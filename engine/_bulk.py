@@ -98,8 +98,7 @@ async def run_bulk_actor(
     retry: RetryPolicy,
     max_concurrent_files: int,
     reports: trio.MemorySendChannel[Message],
-    *,
-    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    scope: trio.CancelScope,
 ) -> None:
     """Fetch every file of a bulk job and build its archive; report like ``run_actor``.
 
@@ -112,8 +111,7 @@ async def run_bulk_actor(
     result: ResultInfo | None = None
     error: JobError | None = None
     try:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
+        with scope:
             try:
                 _make_parts_dir(parts)
                 fetched = await _fetch_files(

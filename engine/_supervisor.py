@@ -22,8 +22,8 @@ value, so the supervisor never blocks on a caller. A caller that was
 cancelled has closed its end, and its reply is dropped.
 
 Each download runs in an actor task (``engine._actor.run_actor``) in a
-nursery that the supervisor owns, under a ``CancelScope`` that the actor hands
-back at start-up. At most ``max_concurrent_jobs`` actors exist at once; other
+nursery that the supervisor owns, under a ``CancelScope`` that the supervisor
+creates and keeps in the job's table entry. At most ``max_concurrent_jobs`` actors exist at once; other
 jobs wait in a FIFO queue and have no task at all, so a queued job costs only
 its table entry.
 
@@ -195,7 +195,7 @@ class Supervisor:
             if message is not None:
                 self._handle(message)
             self._fire_timers(trio.current_time())
-            await self._admit_queued()
+            self._admit_queued()
             self._table.notify_queue_moved()
             self._finish_drain()
             self._update_gauges()
@@ -388,27 +388,32 @@ class Supervisor:
 
     # -- actors -----------------------------------------------------------
 
-    async def _admit_queued(self) -> None:
+    def _admit_queued(self) -> None:
         """Start actors for queued jobs, oldest first, while processing slots are free."""
         while self._running < self._settings.max_concurrent_jobs:
             job = self._table.peek_queued()
             if job is None:
                 return
-            await self._start_actor(job)
+            self._start_actor(job)
 
-    async def _start_actor(self, job: Job) -> None:
+    def _start_actor(self, job: Job) -> None:
+        """Mark ``job`` processing and spawn its actor; no checkpoint.
+
+        The supervisor makes the actor's ``CancelScope`` itself and spawns
+        with ``start_soon``, so admitting a job never waits for the new task
+        to run. A cancel that arrives before the actor's first step still
+        works: trio lets a scope be cancelled before it is entered.
+        """
         assert self._actors is not None
         job.result_path = self._result_path(job.job_id)
         job.started_at = trio.current_time()
-        if job.file_ids is None:
-            job.slot = ProgressSlot()
-        else:
-            job.slot = BulkProgress(job.file_ids)
+        job.scope = trio.CancelScope()
+        job.slot = ProgressSlot() if job.file_ids is None else BulkProgress(job.file_ids)
         self._transition(job, JobStatus.PROCESSING, job.started_at)
         self._running += 1
 
         if isinstance(job.slot, BulkProgress) and job.file_ids is not None:
-            job.scope = await self._actors.start(
+            self._actors.start_soon(
                 run_bulk_actor,
                 job.job_id,
                 job.file_ids,
@@ -418,9 +423,10 @@ class Supervisor:
                 self._retry,
                 self._settings.bulk_max_concurrent_files,
                 self._inbox_send,
+                job.scope,
             )
         else:
-            job.scope = await self._actors.start(
+            self._actors.start_soon(
                 run_actor,
                 job.job_id,
                 job.file_id,
@@ -429,6 +435,7 @@ class Supervisor:
                 job.result_path,
                 self._retry,
                 self._inbox_send,
+                job.scope,
             )
 
     def _result_path(self, job_id: str) -> Path:

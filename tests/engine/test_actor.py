@@ -57,8 +57,16 @@ async def run_to_report(source: ScriptedSource, destination: Path) -> ActorExite
     """Run one actor to its end and return the single report it sent."""
     send, receive = trio.open_memory_channel[Message](10)
     async with trio.open_nursery() as nursery:
-        await nursery.start(
-            run_actor, "job-1", 1, source, ProgressSlot(), destination, NO_RETRY, send
+        nursery.start_soon(
+            run_actor,
+            "job-1",
+            1,
+            source,
+            ProgressSlot(),
+            destination,
+            NO_RETRY,
+            send,
+            trio.CancelScope(),
         )
     (report,) = [receive.receive_nowait() for _ in range(receive.statistics().current_buffer_used)]
     assert isinstance(report, ActorExited)
@@ -99,7 +107,8 @@ async def test_actor_scope_cancel_reports_neither(autojump_clock, tmp_path):
     destination = tmp_path / "job-1.zip"
     send, receive = trio.open_memory_channel[Message](10)
     async with trio.open_nursery() as nursery:
-        scope = await nursery.start(
+        scope = trio.CancelScope()
+        nursery.start_soon(
             run_actor,
             "job-1",
             1,
@@ -108,6 +117,7 @@ async def test_actor_scope_cancel_reports_neither(autojump_clock, tmp_path):
             destination,
             NO_RETRY,
             send,
+            scope,
         )
         await trio.sleep(1)
         scope.cancel()
@@ -119,11 +129,29 @@ async def test_actor_scope_cancel_reports_neither(autojump_clock, tmp_path):
     assert not destination.exists()
 
 
+async def test_actor_scope_cancelled_before_start_fetches_nothing(autojump_clock, tmp_path):
+    destination = tmp_path / "job-1.zip"
+    send, receive = trio.open_memory_channel[Message](10)
+    source = ScriptedSource(seconds=100)
+    scope = trio.CancelScope()
+    scope.cancel()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            run_actor, "job-1", 1, source, ProgressSlot(), destination, NO_RETRY, send, scope
+        )
+    report = receive.receive_nowait()
+
+    assert report == ActorExited("job-1", 1, result=None, error=None)
+    assert scope.cancelled_caught
+    assert trio.current_time() == 0.0
+    assert not destination.exists()
+
+
 async def test_actor_cancelled_from_outside_still_reports(autojump_clock, tmp_path):
     destination = tmp_path / "job-1.zip"
     send, receive = trio.open_memory_channel[Message](10)
     async with trio.open_nursery() as nursery:
-        await nursery.start(
+        nursery.start_soon(
             run_actor,
             "job-1",
             1,
@@ -132,6 +160,7 @@ async def test_actor_cancelled_from_outside_still_reports(autojump_clock, tmp_pa
             destination,
             NO_RETRY,
             send,
+            trio.CancelScope(),
         )
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
@@ -147,8 +176,16 @@ async def test_actor_with_closed_inbox_does_not_raise(autojump_clock, tmp_path):
     send, receive = trio.open_memory_channel[Message](10)
     receive.close()
     async with trio.open_nursery() as nursery:
-        await nursery.start(
-            run_actor, "job-1", 1, ScriptedSource(), ProgressSlot(), destination, NO_RETRY, send
+        nursery.start_soon(
+            run_actor,
+            "job-1",
+            1,
+            ScriptedSource(),
+            ProgressSlot(),
+            destination,
+            NO_RETRY,
+            send,
+            trio.CancelScope(),
         )
 
     assert destination.exists()
