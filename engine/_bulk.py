@@ -27,7 +27,7 @@ import trio
 from ._actor import discard_file, fetch_with_retries, report_to_supervisor
 from ._archive import describe_archive
 from ._errors import FileUnavailable, SourceError
-from ._messages import ActorExited, FilesProgressed, Message
+from ._messages import ActorExited, Message
 from ._progress import ProgressSlot
 from ._retry import RetryPolicy
 from ._snapshot import JobError, ResultInfo
@@ -165,7 +165,6 @@ async def _fetch_files(
                 progress.states[file_id] = FILE_DONE
                 fetched[file_id] = (path, info)
             slot.advance_linearly(trio.current_time(), 0.0)  # this file counts as complete
-            report_to_supervisor(reports, FilesProgressed(job_id))
 
     async with trio.open_nursery() as nursery:
         for file_id in progress.files:

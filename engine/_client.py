@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -133,28 +132,26 @@ class JobClient:
     async def wait_for_change(
         self, job_id: str, differs: Callable[[JobSnapshot], bool]
     ) -> JobSnapshot:
-        """Wait until ``differs(snapshot)`` is true for the job's snapshot, and return it.
+        """Wait until ``differs(snapshot)`` holds after a state change, and return that snapshot.
 
-        Sleeps on the job's change event, waking early only at the moment
-        its derived progress reaches its next step, so a waiter costs no CPU
-        while nothing changes. Returns at once if the current snapshot already
-        differs. There is no time limit: the caller bounds the wait with a
-        cancel scope. Cancelling the wait never affects the job. Raises like
+        Checks the current snapshot first and returns at once if it already
+        differs. Otherwise it sleeps on the job's change event, which is set
+        only at state changes (see ``JobWatch``), and checks again after each:
+        one supervisor round trip per state change, and no CPU at all in
+        between. Progress and queue position never wake it, so a predicate on
+        them alone is seen only at the next state change; a caller that wants
+        fresh progress bounds the wait and reads the status when it ends.
+
+        There is no time limit: the caller bounds the wait with a cancel
+        scope. Cancelling the wait never affects the job. Raises like
         ``status``, for example ``JobExpired`` when the job is removed while
         the caller waits.
-
-        NOTE: progress that a source declares after the watch began (a
-        schedule set late, or ``set_fraction`` reports) wakes no waiter until
-        some other change does; the HTTP long poll reads the status again when
-        its wait ends, so the client still gets it then.
         """
         while True:
             watch = await self.watch(job_id)
             if differs(watch.snapshot):
                 return watch.snapshot
-            wake_at = math.inf if watch.next_change_at is None else watch.next_change_at
-            with trio.move_on_at(wake_at):
-                await watch.changed.wait()
+            await watch.changed.wait()
 
     async def cancel(self, job_id: str) -> JobSnapshot:
         """Cancel a queued or processing job and return its ``cancelled`` snapshot.

@@ -95,13 +95,6 @@ class AttemptStarted:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class FilesProgressed:
-    """One file of a bulk job ended (done, missing or failed); its snapshot changed."""
-
-    job_id: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class ActorExited:
     """An actor's final report.
 
@@ -126,4 +119,4 @@ Request = (
     | DrainRequest
     | ShutdownRequest
 )
-Message = Request | AttemptStarted | FilesProgressed | ActorExited
+Message = Request | AttemptStarted | ActorExited

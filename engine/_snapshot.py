@@ -98,14 +98,13 @@ class EngineStats:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobWatch:
-    """A snapshot plus what its watcher needs to wait for the next one.
+    """A snapshot plus the event its watcher waits on for the next state change.
 
-    ``changed`` is set when the job changes other than by the passage of time
-    (status, queue position, attempt, result, error, removal). Progress that
-    a source derives from a schedule changes at ``next_change_at`` (trio
-    clock) instead, or never if that is None.
+    ``changed`` is set at the job's next state change: a status transition
+    (which also brings any result or error), the start of a retry, or the
+    job's removal. Progress, queue position and a bulk job's file states move
+    continually and never set it; a watcher reads them when it wakes.
     """
 
     snapshot: JobSnapshot
     changed: trio.Event
-    next_change_at: float | None

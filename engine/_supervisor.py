@@ -23,9 +23,9 @@ cancelled has closed its end, and its reply is dropped.
 
 Each download runs in an actor task (``engine._actor.run_actor``) in a
 nursery that the supervisor owns, under a ``CancelScope`` that the supervisor
-creates and keeps in the job's table entry. At most ``max_concurrent_jobs`` actors exist at once; other
-jobs wait in a FIFO queue and have no task at all, so a queued job costs only
-its table entry.
+creates and keeps in the job's table entry. At most ``max_concurrent_jobs``
+actors exist at once; other jobs wait in a FIFO queue and have no task at
+all, so a queued job costs only its table entry.
 
 Timers need no tasks either. The loop waits for the next message with
 ``trio.move_on_at`` set to the earliest of three times: the next job deadline
@@ -75,7 +75,6 @@ from ._messages import (
     AttemptStarted,
     CancelRequest,
     DrainRequest,
-    FilesProgressed,
     ListRequest,
     Message,
     ReplyChannel,
@@ -101,9 +100,6 @@ WallClock = Callable[[], datetime]
 
 # Reported progress stays below 100 until the job is done.
 MAX_PROGRESS_BEFORE_DONE = 99
-# Shortest sleep before a watcher looks again for a scheduled progress step,
-# so rounding can never make it spin (seconds).
-MIN_WAKE_SECONDS = 0.001
 # Stale deadline entries tolerated beyond twice the jobs in flight before the
 # heap is rebuilt; keeps small tables from rebuilding on every pass.
 STALE_DEADLINES_SLACK = 1024
@@ -196,7 +192,6 @@ class Supervisor:
                 self._handle(message)
             self._fire_timers(trio.current_time())
             self._admit_queued()
-            self._table.notify_queue_moved()
             self._finish_drain()
             self._update_gauges()
 
@@ -227,10 +222,6 @@ class Supervisor:
                 self._stop_replies.append(reply)
                 self._stop_requested = True
                 self._begin_drain(0.0)
-            case FilesProgressed(job_id=job_id):
-                job = self._table.get(job_id)
-                if job is not None and not job.status.is_terminal:
-                    self._table.notify(job)
             case AttemptStarted(job_id=job_id):
                 job = self._table.get(job_id)
                 if job is not None and not job.status.is_terminal:
@@ -330,24 +321,21 @@ class Supervisor:
         job = self._lookup(job_id)
         now = trio.current_time()
         snapshot = self._snapshot(job, now)
-        return JobWatch(
-            snapshot=snapshot,
-            changed=self._table.watch(job),
-            next_change_at=self._next_progress_step_at(job, now),
-        )
+        return JobWatch(snapshot=snapshot, changed=self._table.watch(job))
 
     def _next_progress_step_at(self, job: Job, now: float) -> float | None:
-        """Return the trio time the job's reported progress moves next, if it is scheduled."""
+        """Return the trio time the job's reported progress moves next, if it is scheduled.
+
+        Never earlier than ``now``. None when the next change is the end of
+        the job or the source declared no schedule.
+        """
         if job.status is not JobStatus.PROCESSING or job.slot is None:
             return None
         next_percent = job.progress + self._settings.progress_step_percent
         if next_percent > MAX_PROGRESS_BEFORE_DONE:
-            return None  # the next change is the end of the job, which sets the event
-        moment = job.slot.time_of(next_percent / 100)
-        if moment is None:
             return None
-        # Never in the past: a watcher that wakes must find time has moved.
-        return max(moment, now + MIN_WAKE_SECONDS)
+        moment = job.slot.time_of(next_percent / 100)
+        return None if moment is None else max(moment, now)
 
     def _cancel(self, job_id: str) -> JobSnapshot:
         job = self._lookup(job_id)
@@ -409,6 +397,9 @@ class Supervisor:
         job.started_at = trio.current_time()
         job.scope = trio.CancelScope()
         job.slot = ProgressSlot() if job.file_ids is None else BulkProgress(job.file_ids)
+        # The first attempt counts from admission, not from the actor's first
+        # step, so a job cancelled before that step reads the same afterwards.
+        job.slot.attempt = 1
         self._transition(job, JobStatus.PROCESSING, job.started_at)
         self._running += 1
 
@@ -680,7 +671,7 @@ class Supervisor:
                 message = self._inbox_receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if not isinstance(message, ActorExited | AttemptStarted | FilesProgressed):
+            if not isinstance(message, ActorExited | AttemptStarted):
                 _send_reply(message.reply, outcome.Error(SupervisorClosed()))
         # Every actor has ended by now, because the nursery has exited, so
         # waiting drain and shutdown callers get their reply even when the

@@ -103,8 +103,6 @@ class JobTable:
         self._tombstones: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._max_tombstones = max_tombstones
         self._idempotency: dict[str, str] = {}  # key -> job id
-        self._watched_queued: set[Job] = set()  # queued jobs with a ``changed`` event
-        self._queue_moved = False  # a queued job left the queue since the last notification
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -155,8 +153,6 @@ class JobTable:
         """Return the event set at the job's next change, creating it if needed."""
         if job.changed is None:
             job.changed = trio.Event()
-        if job.status is JobStatus.QUEUED:
-            self._watched_queued.add(job)
         return job.changed
 
     def notify(self, job: Job) -> None:
@@ -164,19 +160,6 @@ class JobTable:
         if job.changed is not None:
             job.changed.set()
             job.changed = None
-        self._watched_queued.discard(job)
-
-    def notify_queue_moved(self) -> None:
-        """Wake the watchers of every queued job if queue positions changed since the last call.
-
-        The supervisor calls this once per pass of its loop, so a batch of
-        admissions wakes each watcher once, not once per admitted job.
-        """
-        if not self._queue_moved:
-            return
-        self._queue_moved = False
-        for job in list(self._watched_queued):
-            self.notify(job)
 
     # -- state ------------------------------------------------------------
 
@@ -190,7 +173,6 @@ class JobTable:
         self.notify(job)
         if old is JobStatus.QUEUED:
             self._queue.pop(job.sequence, None)
-            self._queue_moved = True
         if new.is_terminal:
             self._finished[job.job_id] = job
         return old

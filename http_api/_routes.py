@@ -295,8 +295,10 @@ async def health() -> Response:
     "Read a job's status document",
     """
     Poll at about the interval in `Retry-After`. Send the last `ETag` in
-    `If-None-Match` to get 304 while nothing changed, and add `wait` to hold
-    the request until the document changes, for at most 30 s.
+    `If-None-Match` to get 304 while nothing changed. Add `wait` to hold the
+    request for up to that many seconds (at most 30): it answers at once when
+    the status or attempt changes, and otherwise when the time is up, with
+    the progress reached by then or 304 if nothing changed.
     """,
 )
 @document_querystring(StatusQuery)
@@ -321,8 +323,13 @@ async def download_status(job_id: str) -> Response:
 
     With ``If-None-Match`` naming the current ETag the response is 304. With
     ``?wait=N`` as well, the request waits up to N seconds (at most
-    ``MAX_WAIT_SECONDS``) for the snapshot to change and answers as soon as
-    it does; a client that disconnects cancels only its own wait.
+    ``MAX_WAIT_SECONDS``). It answers as soon as the job's status or attempt
+    changes; otherwise, when the N seconds are up, it answers with the
+    current document, or 304 if nothing at all changed. Progress and queue
+    position alone do not end the wait: a client sets how often it sees them
+    by its choice of N, and a job that moves through twenty progress steps
+    costs one answer per N seconds rather than twenty. A client that
+    disconnects cancels only its own wait.
     """
     wait = _parse_wait(request.args.get("wait"))
     jobs = current_jobs()
@@ -333,16 +340,13 @@ async def download_status(job_id: str) -> Response:
     # If-None-Match uses the weak comparison (RFC 9110 section 13.1.2), so a
     # tag that a proxy marked weak, W/"...", still matches.
     if wait > 0 and request.if_none_match.contains_weak(etag):
-
-        def differs(candidate: JobSnapshot) -> bool:
-            return snapshot_etag(render_snapshot(candidate)) != etag
-
+        state = (snapshot.status, snapshot.attempt)
+        changed: JobSnapshot | None = None
         with trio.move_on_after(wait):
-            await jobs.wait_for_change(job_id, differs)
-        # Read again whether the wait ended early or timed out: progress that
-        # no scheduled wake-up announced (a source that reports piecemeal, or
-        # a bulk job) must still reach the client at the end of the wait.
-        snapshot = await jobs.status(job_id)
+            changed = await jobs.wait_for_change(
+                job_id, lambda candidate: (candidate.status, candidate.attempt) != state
+            )
+        snapshot = changed if changed is not None else await jobs.status(job_id)
         document = render_snapshot(snapshot)
         etag = snapshot_etag(document)
 

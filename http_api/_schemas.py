@@ -345,7 +345,8 @@ class StatusQuery(BaseModel):
         _omitted(
             description=(
                 "Long poll: with If-None-Match naming the current ETag, wait up to this many "
-                "seconds (at most 30 are used) for the document to change"
+                "seconds (at most 30 are used). Answers at once when the status or attempt "
+                "changes, otherwise when the time is up, with the progress reached by then"
             ),
         )
     )

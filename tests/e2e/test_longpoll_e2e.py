@@ -18,8 +18,7 @@ pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
 
-# Jobs of 2-4 s that report progress in 50% steps, so a long poll started at
-# once returns when the job is halfway, 1-2 s after the start.
+# Jobs of 2-4 s that report progress in 50% steps.
 HALFWAY_SETTINGS = {
     "DOWNLOAD_DELAY_MIN_MS": "2000",
     "DOWNLOAD_DELAY_MAX_MS": "4000",
@@ -31,7 +30,7 @@ LONG_POLL_WAIT_SECONDS = 10
 REQUEST_TIMEOUT_SECONDS = LONG_POLL_WAIT_SECONDS + 5.0
 # A 4 s job plus slack for a loaded machine.
 JOB_TIMEOUT_SECONDS = 15.0
-# How long after progress moves a long poll may return, on a loaded machine (seconds).
+# How late a long poll may return, on a loaded machine (seconds).
 WAKE_SLACK_SECONDS = 1.0
 
 
@@ -65,10 +64,38 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-async def test_long_poll_returns_on_progress(start_server: StartServer) -> None:
+async def test_long_poll_reports_progress_when_wait_ends(start_server: StartServer) -> None:
+    # 4 s jobs in 25% steps: progress passes 25% at 1 s, which ends no wait,
+    # and reads 50% when the 2 s wait is up.
+    server = start_server(
+        DOWNLOAD_DELAY_MIN_MS="4000", DOWNLOAD_DELAY_MAX_MS="4000", PROGRESS_STEP_PERCENT="25"
+    )
+    async with open_client(server) as client:
+        job_id = await start_job(client)
+        first = await client.get(f"/v1/download/status/{job_id}")
+        started = time.monotonic()
+        response = await client.get(
+            f"/v1/download/status/{job_id}",
+            params={"wait": "2"},
+            headers={"If-None-Match": first.headers["ETag"]},
+        )
+        elapsed = time.monotonic() - started
+        finished = await poll_until_finished(client, job_id)
+
+    halfway = response.json()
+    assert first.json()["progress"] == 0
+    assert response.status_code == 200
+    assert response.headers["ETag"] != first.headers["ETag"]
+    assert halfway["status"] == "processing"
+    assert halfway["progress"] == 50
+    assert elapsed >= 2.0
+    assert elapsed < 2.0 + WAKE_SLACK_SECONDS
+    assert finished["status"] == "done"
+
+
+async def test_long_poll_returns_when_job_ends(start_server: StartServer) -> None:
     server = start_server(**HALFWAY_SETTINGS)
     async with open_client(server) as client:
-        started = time.monotonic()
         job_id = await start_job(client)
         first = await client.get(f"/v1/download/status/{job_id}")
         response = await client.get(
@@ -77,21 +104,14 @@ async def test_long_poll_returns_on_progress(start_server: StartServer) -> None:
             headers={"If-None-Match": first.headers["ETag"]},
         )
         answered_at = datetime.now(UTC)
-        elapsed = time.monotonic() - started
-        finished = await poll_until_finished(client, job_id)
 
-    halfway = response.json()
-    reached_halfway_at = parse_time(halfway["updatedAt"])
-    assert first.json()["progress"] == 0
+    done = response.json()
+    finished_at = parse_time(done["updatedAt"])
+    assert first.json()["status"] == "processing"
     assert response.status_code == 200
-    assert response.headers["ETag"] != first.headers["ETag"]
-    assert halfway["status"] == "processing"
-    assert halfway["progress"] == 50
-    # Half of a 2-4 s delay is 1-2 s.
-    assert elapsed >= 1.0
-    assert elapsed < 2.0 + WAKE_SLACK_SECONDS
-    assert (answered_at - reached_halfway_at).total_seconds() < WAKE_SLACK_SECONDS
-    assert finished["status"] == "done"
+    assert done["status"] == "done"
+    assert done["progress"] == 100
+    assert (answered_at - finished_at).total_seconds() < WAKE_SLACK_SECONDS
 
 
 async def test_long_poll_returns_on_done(start_server: StartServer) -> None:

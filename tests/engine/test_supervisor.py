@@ -599,6 +599,32 @@ async def test_cancel_is_idempotent(autojump_clock, make_settings):
     assert second == first
 
 
+async def test_cancel_before_actor_runs_is_final(autojump_clock, make_settings):
+    # One slot. Each even file fails after 1 s, and at that moment a cancel
+    # of the queued odd file arrives in the same scheduling batch, so the
+    # queued job is often admitted and cancelled before its actor's first
+    # step. Its cancelled snapshot must not change when that step runs.
+    settings = make_settings(max_concurrent_jobs=1)
+    failures: dict[int, Exception] = {
+        2 * pair: UpstreamGone("the upstream went away") for pair in range(20)
+    }
+    async with started_supervisor(settings, FaultySource(settings, failures)) as client:
+        cancelled = []
+        for pair in range(20):
+            submitted_at = trio.current_time()
+            await client.submit(2 * pair)
+            queued = await client.submit(2 * pair + 1)
+            await trio.sleep_until(submitted_at + 1)
+            cancelled.append(await client.cancel(queued.job_id))
+            await trio.testing.wait_all_tasks_blocked()
+        later = [await client.status(snapshot.job_id) for snapshot in cancelled]
+        stats = await client.stats()
+
+    assert later == cancelled
+    assert all(snapshot.status is JobStatus.CANCELLED for snapshot in later)
+    assert stats.running_actors == 0
+
+
 async def test_cancel_done_job_already_finished(autojump_clock, settings, results_dir):
     async with started_supervisor(settings) as client:
         submitted = await client.submit(8)

@@ -310,12 +310,33 @@ async def test_bulk_manifest(autojump_clock, sevens_api):
 # -- long polls on bulk jobs --------------------------------------------------
 
 
-async def test_bulk_long_poll_returns_at_file_end(autojump_clock, tmp_path):
-    # One 10 s file at a time, in 50% steps: the first change of the document
-    # is at 10 s, when one file is done and progress reaches 50%.
+async def test_bulk_long_poll_reports_file_end_when_wait_ends(autojump_clock, tmp_path):
+    # One 10 s file at a time, in 50% steps: the first file ends at 10 s,
+    # which is progress and ends no wait, so the 15 s wait runs its course.
     async with open_client(
         tmp_path, bulk_max_concurrent_files=1, progress_step_percent=50, **fixed_delay(10)
     ) as client:
+        body = await initiate(client, PRESENT_IDS[:2])
+        await trio.testing.wait_all_tasks_blocked()
+        before = await client.get(body["statusUrl"])
+        started = trio.current_time()
+        response = await client.get(
+            f"{body['statusUrl']}?wait=15", headers={"If-None-Match": before.headers["ETag"]}
+        )
+        elapsed = trio.current_time() - started
+        document = await response.get_json()
+        finished = await finish(client, body["jobId"])
+
+    assert response.status_code == 200
+    assert elapsed == pytest.approx(15, abs=1e-9)
+    assert document["progress"] == 50
+    assert sorted(entry["status"] for entry in document["files"]) == ["done", "processing"]
+    assert finished["status"] == "done"
+
+
+async def test_bulk_long_poll_returns_when_job_ends(autojump_clock, tmp_path):
+    # Two 10 s files, one at a time: the job is done at 20 s.
+    async with open_client(tmp_path, bulk_max_concurrent_files=1, **fixed_delay(10)) as client:
         body = await initiate(client, PRESENT_IDS[:2])
         await trio.testing.wait_all_tasks_blocked()
         before = await client.get(body["statusUrl"])
@@ -325,13 +346,11 @@ async def test_bulk_long_poll_returns_at_file_end(autojump_clock, tmp_path):
         )
         elapsed = trio.current_time() - started
         document = await response.get_json()
-        finished = await finish(client, body["jobId"])
 
     assert response.status_code == 200
-    assert elapsed == pytest.approx(10, abs=1e-9)
-    assert document["progress"] == 50
-    assert sorted(entry["status"] for entry in document["files"]) == ["done", "processing"]
-    assert finished["status"] == "done"
+    assert elapsed == pytest.approx(20, abs=1e-9)
+    assert document["status"] == "done"
+    assert sorted(entry["status"] for entry in document["files"]) == ["done", "done"]
 
 
 async def test_bulk_long_poll_timeout_sees_progress(autojump_clock, tmp_path):

@@ -452,20 +452,70 @@ async def test_zero_wait_returns_at_once(autojump_clock, open_client):
     assert finished["status"] == "done"
 
 
-@pytest.mark.parametrize(("delay", "step_seconds"), [(20, 1.0), (200, 10.0)])
-async def test_long_poll_returns_at_next_step(autojump_clock, open_client, delay, step_seconds):
-    async with open_client(**fixed_delay(delay)) as client:
+@pytest.mark.parametrize(
+    ("wait", "elapsed_seconds", "status", "progress"),
+    [
+        # Progress passes 5% every second of the 20 s job; none of it ends the wait.
+        pytest.param("10", 10, "processing", 50, id="progress-at-end-of-wait"),
+        pytest.param("30", 20, "done", 100, id="done-ends-wait"),
+    ],
+)
+async def test_long_poll_ends_on_status_not_progress(
+    autojump_clock, open_client, wait, elapsed_seconds, status, progress
+):
+    async with open_client(**fixed_delay(20)) as client:
+        job_id = await start(client)
+        etag = await current_tag(client, job_id)
+        response, elapsed = await timed_status(client, job_id, if_none_match=etag, wait=wait)
+        body = await response.get_json()
+        await cancel_if_running(client, job_id)
+
+    assert response.status_code == 200
+    assert elapsed == pytest.approx(elapsed_seconds, abs=1e-9)
+    assert body["status"] == status
+    assert body["progress"] == progress
+    assert response.headers["ETag"] != etag
+
+
+async def test_long_poll_woken_by_retry(autojump_clock, open_client):
+    # No backoff, so attempt 2 starts as attempt 1 fails at 3 s; neither reports progress.
+    async with open_client(source=FlakySource(fail_after=3), retry_backoff_base_ms=0) as client:
         job_id = await start(client)
         etag = await current_tag(client, job_id)
         response, elapsed = await timed_status(client, job_id, if_none_match=etag, wait="30")
         body = await response.get_json()
-        finished = await finish(client, job_id)
+        cancelled = await cancel(client, job_id)
 
     assert response.status_code == 200
-    assert elapsed == pytest.approx(step_seconds, abs=1e-9)
-    assert body["progress"] == 5
-    assert response.headers["ETag"] != etag
-    assert finished["status"] == "done"
+    assert elapsed == pytest.approx(3, abs=1e-9)
+    assert body["attempt"] == 2
+    assert body["status"] == "processing"
+    assert cancelled["status"] == "cancelled"
+
+
+async def test_long_poll_reports_queue_move_when_wait_ends(autojump_clock, open_client):
+    async with open_client(max_concurrent_jobs=1, **fixed_delay(120)) as client:
+        await start(client, FILE_ID)
+        ahead = await start(client, FILE_ID + 1)
+        behind = await start(client, FILE_ID + 2)
+        etag = await current_tag(client, behind)
+        answers: list[tuple[Response, float]] = []
+
+        async def poll() -> None:
+            answers.append(await timed_status(client, behind, if_none_match=etag, wait="10"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.sleep(2)
+            await cancel(client, ahead)
+        await cancel_if_running(client, behind)
+
+    ((response, elapsed),) = answers
+    body = await response.get_json()
+    assert response.status_code == 200
+    assert elapsed == pytest.approx(10, abs=1e-9)
+    assert body["status"] == "queued"
+    assert body["queuePosition"] == 1
 
 
 async def test_long_poll_returns_at_start(autojump_clock, open_client):
@@ -628,7 +678,7 @@ async def test_cancelled_poll_task_leaves_job(autojump_clock, open_client):
 
 
 async def test_long_poll_timeout_rechecks_tag(autojump_clock, open_client):
-    # Progress jumps to 50% at 2 s through set_fraction, which wakes no waiter.
+    # Progress jumps to 50% at 2 s through set_fraction; only the end of the wait reports it.
     async with open_client(source=PiecewiseSource(after=2)) as client:
         job_id = await start(client)
         etag = await current_tag(client, job_id)
