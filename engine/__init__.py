@@ -29,6 +29,7 @@ from ._errors import (
     SupervisorClosed as SupervisorClosed,
     TransientSourceError as TransientSourceError,
 )
+from ._gc import tune_garbage_collector as tune_garbage_collector
 from ._progress import ProgressReporter as ProgressReporter, ProgressSlot as ProgressSlot
 from ._settings import (
     MAX_MILLISECONDS as MAX_MILLISECONDS,
@@ -90,5 +91,6 @@ __all__ = [
     "open_supervisor",
     "read_bool",
     "read_int",
+    "tune_garbage_collector",
     "utc_now",
 ]

@@ -12,7 +12,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Quart
 
-from engine import JobClient, SupervisorClosed
+from engine import JobClient, SupervisorClosed, tune_garbage_collector
 
 from ._app import create_app
 from ._context import CLIENT_KEY
@@ -97,6 +97,7 @@ async def serve(
                 binds: list[str] = await server.start(
                     functools.partial(hypercorn_serve, app, config, shutdown_trigger=drained.wait)
                 )
+                tune_garbage_collector()
                 for bind in binds:
                     logger.info("serving on %s", bind)
                 task_status.started(binds)

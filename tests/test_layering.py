@@ -108,6 +108,7 @@ def test_engine_exports_pinned_names():
         "build_archive",
         "content_size",
         "open_supervisor",
+        "tune_garbage_collector",
         "read_bool",
         "read_int",
         "utc_now",

@@ -58,6 +58,17 @@ async def stop_and_time(server: ServerProcess, signum: int) -> tuple[int, float]
     return exit_status, time.monotonic() - began
 
 
+def test_serve_tunes_garbage_collector(start_server: StartServer) -> None:
+    server = start_server()
+    tuned = re.search(r"garbage collector tuned: (\d+) start-up objects frozen", server.log)
+    stopped = server.stop(signal.SIGTERM)
+
+    assert tuned is not None, server.log
+    assert int(tuned.group(1)) > 10_000
+    assert server.log.index("garbage collector tuned") < server.log.index("serving on")
+    assert stopped == 0, server.log
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_shutdown_cancels_jobs(start_server: StartServer, signum: int) -> None:
     server = start_server(**SLOW_SETTINGS)
