@@ -83,8 +83,8 @@ class CorsPolicy:
         allowed = self.allow_origin(origin)
         if allowed is None:
             return
-        response.headers["Access-Control-Allow-Origin"] = allowed
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        response.headers.add("Access-Control-Allow-Origin", allowed)
+        response.headers.add("Access-Control-Expose-Headers", EXPOSED_HEADERS)
 
 
 class RateLimits:
@@ -176,8 +176,10 @@ def install_middleware(app: Quart, settings: Settings) -> None:
     async def add_common_headers(response: Response) -> Response:
         request_id = current_request_id()
         assert request_id is not None  # after_request runs inside the request context
-        response.headers[REQUEST_ID_HEADER] = request_id
-        response.headers.update(SECURITY_HEADERS)
+        # ``add`` appends where item assignment would first search for the
+        # name, and no route sets these headers itself.
+        response.headers.add(REQUEST_ID_HEADER, request_id)
+        response.headers.extend(SECURITY_HEADERS)
         cors.apply(response, request.headers.get("Origin"))
         if response.status_code >= 400 and _may_have_unread_body():
             # An error answered before the body was read leaves that body on

@@ -62,12 +62,15 @@ def render_snapshot(snapshot: JobSnapshot) -> dict[str, Any]:
     return body
 
 
-def snapshot_etag(document: dict[str, Any]) -> str:
-    """Return the entity tag of a rendered status document (unquoted).
+def encode_document(document: dict[str, Any]) -> tuple[bytes, str]:
+    """Return a status document's JSON body and its entity tag (unquoted).
 
-    It changes exactly when the document does: every field that moves
-    (status, progress step, queue position, attempt, error, result) is in it,
-    and nothing that changes by itself with time is.
+    The tag is a hash of the body, so it changes exactly when the document
+    does: every field that moves (status, progress step, queue position,
+    attempt, error, result) is in it, and nothing that changes by itself
+    with time is. ``render_snapshot`` builds keys in a fixed order, so an
+    unchanged document always encodes to the same bytes. The body is
+    serialized once, for the tag and the response alike.
     """
-    encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.blake2b(encoded, digest_size=12).hexdigest()
+    body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+    return body, hashlib.blake2b(body, digest_size=12).hexdigest()

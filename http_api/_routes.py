@@ -16,7 +16,7 @@ from ._body import CheckRequest, InitiateRequest, StartRequest, read_json_body
 from ._context import current_jobs, current_settings
 from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
 from ._problems import Problem
-from ._render import render_snapshot, result_path, snapshot_etag, status_path
+from ._render import encode_document, render_snapshot, result_path, status_path
 from ._schemas import (
     AcceptedHeaders,
     BulkJobAccepted,
@@ -334,8 +334,7 @@ async def download_status(job_id: str) -> Response:
     wait = _parse_wait(request.args.get("wait"))
     jobs = current_jobs()
     snapshot = await jobs.status(job_id)
-    document = render_snapshot(snapshot)
-    etag = snapshot_etag(document)
+    body, etag = encode_document(render_snapshot(snapshot))
 
     # If-None-Match uses the weak comparison (RFC 9110 section 13.1.2), so a
     # tag that a proxy marked weak, W/"...", still matches.
@@ -347,13 +346,12 @@ async def download_status(job_id: str) -> Response:
                 job_id, lambda candidate: (candidate.status, candidate.attempt) != state
             )
         snapshot = changed if changed is not None else await jobs.status(job_id)
-        document = render_snapshot(snapshot)
-        etag = snapshot_etag(document)
+        body, etag = encode_document(render_snapshot(snapshot))
 
     if request.if_none_match.contains_weak(etag):
         response = Response(b"", status=304)
     else:
-        response = jsonify(document)
+        response = Response(body, content_type="application/json")
     response.set_etag(etag)
     response.headers["Cache-Control"] = "no-cache"
     if not snapshot.status.is_terminal:
