@@ -647,7 +647,8 @@ class Supervisor:
         seven gauges, each behind a lock, costs more than the query itself.
         """
         counts = self._table.counts
-        sizes = (self._running, self._table.queued_count(), *(counts[status] for status in JobStatus))
+        by_status = (counts[status] for status in JobStatus)
+        sizes = (self._running, self._table.queued_count(), *by_status)
         if sizes == self._gauge_sizes:
             return
         self._gauge_sizes = sizes
