@@ -17,6 +17,8 @@ from ._servers import REPO
 
 RESULTS_DIR = REPO / "bench" / "results"
 PAGE = REPO / "docs" / "benchmarks.md"
+# Hand-written analysis of the profiles in docs/profiles/, appended to the page.
+ANALYSIS = REPO / "docs" / "profiles" / "analysis.md"
 IMAGES = REPO / "docs" / "img"
 
 
@@ -259,6 +261,8 @@ def write_page(document: dict[str, Any]) -> Path:
             f"- {target['description']}: {target['figure']}, required {target['target']}."
             for target in missed
         ]
+        if ANALYSIS.exists():
+            lines += ["", "Profiles of where the time goes: see the last section."]
     lines += ["", *_setup_section(document)]
 
     renderers = {
@@ -282,6 +286,8 @@ def write_page(document: dict[str, Any]) -> Path:
                 document["crashed"][key],
                 "```",
             ]
+    if ANALYSIS.exists():
+        lines += ["", ANALYSIS.read_text().rstrip()]
     PAGE.write_text("\n".join(lines) + "\n")
     return PAGE
 

@@ -67,7 +67,7 @@ def run(context: Context) -> dict[str, Any]:
             with running_server(system, settings) as server:
                 path = STATUS_PATH
                 if system in (PRODUCT, FASTAPI):
-                    path = trio.run(_start_one_job, server.port, context.parser)
+                    path = trio.run(start_one_job, server.port, context.parser)
                 tally = Tally()
                 on_window = cpu_window(server, meter.cpu_seconds)
                 completed = trio.run(
@@ -112,7 +112,7 @@ def run(context: Context) -> dict[str, Any]:
     return result
 
 
-async def _start_one_job(port: int, parser: Any) -> str:
+async def start_one_job(port: int, parser: Any) -> str:
     connection = HttpConnection(port, parser)
     method, target, headers, body = start_spec(70000)
     response = await connection.request(method, target, headers=headers, body=body)
