@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -50,6 +51,8 @@ MAX_RETRY_AFTER_SECONDS = 10
 MAX_WAIT_SECONDS = 30.0
 # Larger ?wait= values are rejected as mistakes rather than capped.
 MAX_ACCEPTED_WAIT_SECONDS = 3600
+# The forms ?wait= accepts: whole or decimal seconds in ASCII digits.
+_WAIT_PATTERN = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6})?")
 # Maximum time a storage probe may take before /health reports it as failed (seconds).
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -68,9 +71,19 @@ _SHUTTING_DOWN = "The server is shutting down (code shutting_down)"
 
 def _idempotency_key() -> str | None:
     """Return the request's ``Idempotency-Key`` header, or raise a 400 problem if invalid."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
+    keys = request.headers.getlist("Idempotency-Key")
+    if not keys:
         return None
+    if len(keys) > 1:
+        # HTTP reads repeated lines as one comma-joined value, which is not a valid key.
+        raise Problem(
+            400,
+            "invalid_idempotency_key",
+            "Invalid Idempotency-Key",
+            f"Idempotency-Key must appear once, got {len(keys)} header lines",
+            field="Idempotency-Key",
+        )
+    key = keys[0]
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not _is_visible_ascii(key):
         raise Problem(
             400,
@@ -350,6 +363,7 @@ async def download_status(job_id: str) -> Response:
 
     if request.if_none_match.contains_weak(etag):
         response = Response(b"", status=304)
+        del response.headers["Content-Type"]  # a 304 has no body to describe
     else:
         response = Response(body, content_type="application/json")
     response.set_etag(etag)
@@ -363,10 +377,9 @@ def _parse_wait(raw: str | None) -> float:
     """Return the long-poll time in seconds from ``?wait=``, capped at ``MAX_WAIT_SECONDS``."""
     if raw is None:
         return 0.0
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
+    # Plain ASCII decimals only: float() would also take "1_0", "1e1", " 1"
+    # and digits of other scripts.
+    seconds = float(raw) if _WAIT_PATTERN.fullmatch(raw) else math.nan
     if not 0 <= seconds <= MAX_ACCEPTED_WAIT_SECONDS:  # also rejects NaN
         raise Problem(
             400,

@@ -19,6 +19,7 @@ import quart.typing
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.datastructures import Headers
 
 from engine import EngineSettings, JobClient
 from http_api import Settings, create_app
@@ -354,6 +355,19 @@ async def test_invalid_key_answers_400(autojump_clock, tmp_path, key):
     assert response.status_code == 400
     assert problem["code"] == "invalid_idempotency_key"
     assert problem["field"] == "Idempotency-Key"
+    assert stats.jobs == 0
+
+
+async def test_repeated_key_lines_answer_400(autojump_clock, tmp_path):
+    headers = Headers([("Idempotency-Key", "order-1"), ("Idempotency-Key", "order-2")])
+    async with open_service(tmp_path) as service:
+        response = await service.http.post(START_PATH, json={"file_id": FILE_ID}, headers=headers)
+        problem = await response.get_json(force=True)
+        stats = await service.jobs.stats()
+
+    assert response.status_code == 400
+    assert problem["code"] == "invalid_idempotency_key"
+    assert "2 header lines" in problem["detail"]
     assert stats.jobs == 0
 
 

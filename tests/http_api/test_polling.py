@@ -586,7 +586,25 @@ async def test_long_poll_wait_capped(autojump_clock, open_client, wait):
     assert cancelled["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("wait", ["abc", "-1", "nan", "inf", "-inf", "1e9", "3601", ""])
+@pytest.mark.parametrize(
+    "wait",
+    [
+        "abc",
+        "-1",
+        "nan",
+        "inf",
+        "-inf",
+        "1e9",
+        "3601",
+        "",
+        "1_0",
+        "1e1",
+        "%201",  # a leading space
+        "+1",
+        "%D9%A3",  # ARABIC-INDIC DIGIT THREE, which float() reads as 3
+        "1.",
+    ],
+)
 async def test_invalid_wait_rejected(autojump_clock, open_client, wait):
     async with open_client() as client:
         job_id = await start(client)
