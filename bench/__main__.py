@@ -23,7 +23,7 @@ from typing import Any
 
 from . import _config
 from ._machine import LoadMonitor, command_line, current_commit, describe_machine, other_load
-from ._runner import Context, Features, probe_features
+from ._runner import Context, Features, keep_full_collections_out_of_runs, probe_features
 from ._targets import evaluate
 from .scenarios import inflight, polling, start_latency, storm, throughput
 
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     raise_open_file_limit()
+    keep_full_collections_out_of_runs()
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     echo(f"bench: {mode} run of {', '.join(selected)}, {sizes.runs} run(s) per figure")

@@ -1,15 +1,15 @@
 """Bench-only: where a server spends its time under closed-loop status load, by py-spy.
 
-Run ``python -m bench._profile`` (about a minute). For the product and the
-framework reference (the minimal Quart-Trio route) in turn, it starts the
-server on 127.0.0.1, loads one status URL with ``wrk`` (one thread, 50
-connections), samples the server with ``py-spy record`` meanwhile, and
-writes a summary to ``docs/profiles/status-<system>.txt``:
+Run ``python -m bench._profile`` (about a minute). It profiles the product
+and the framework reference (the minimal Quart-Trio route) in turn. Each
+server starts on 127.0.0.1, and ``wrk`` loads one status URL (one thread,
+50 connections) while ``py-spy record`` samples the server. The summary
+goes to ``docs/profiles/status-<system>.txt``:
 
 - the share of samples in each layer (Hypercorn and h11, Quart and
   Werkzeug, quart-schema, trio, the product's ``http_api`` and ``engine``),
   counted by the innermost frame that belongs to a known layer;
-- the functions with the most samples of their own.
+- the functions with the most samples of their own, lines merged.
 
 Both need ``wrk`` and ``py-spy`` on the PATH (py-spy comes with the bench
 extra); sampling another process may need ptrace permission.
@@ -36,25 +36,32 @@ CONNECTIONS = 50
 SAMPLES_PER_SECOND = 250
 TOP_FUNCTIONS = 25
 
-# Layers by path fragment, checked in order; the first match names the layer.
+# Layers by the start of the file path that py-spy prints, checked in order.
 LAYERS = (
-    ("http_api (product)", "/http_api/"),
-    ("engine (product)", "/engine/"),
-    ("bench baseline route", "/bench/baselines/"),
-    ("quart-schema", "/quart_schema/"),
-    ("quart and quart-trio", "/quart"),
-    ("werkzeug", "/werkzeug/"),
-    ("prometheus_client", "/prometheus_client/"),
-    ("hypercorn", "/hypercorn/"),
-    ("h11", "/h11/"),
-    ("trio", "/trio/"),
-    ("json (stdlib)", "/json/"),
+    ("http_api (product)", ("http_api/",)),
+    ("engine (product)", ("engine/",)),
+    ("bench baseline route", ("bench/",)),
+    ("quart-schema", ("quart_schema/",)),
+    ("quart and quart-trio", ("quart/", "quart_trio/")),
+    ("werkzeug", ("werkzeug/",)),
+    ("prometheus_client", ("prometheus_client/",)),
+    ("hypercorn", ("hypercorn/",)),
+    ("h11", ("h11/",)),
+    ("trio", ("trio/",)),
 )
 
 
+def split_frame(frame: str) -> tuple[str, str]:
+    """Split py-spy's ``function (path:line)`` into the function with its path, and the path."""
+    function, _, location = frame.rpartition(" (")
+    path = location.rstrip(")").rsplit(":", 1)[0]
+    return f"{function} ({path})", path
+
+
 def layer_of(frame: str) -> str | None:
-    for name, fragment in LAYERS:
-        if fragment in frame:
+    _, path = split_frame(frame)
+    for name, prefixes in LAYERS:
+        if path.startswith(prefixes):
             return name
     return None
 
@@ -63,7 +70,7 @@ def summarize(raw: Path) -> tuple[dict[str, int], dict[str, int], int]:
     """Read py-spy's collapsed stacks; return samples per layer, per own function, and in all.
 
     A sample counts for the layer of its innermost frame that has one, and
-    for the innermost frame itself as "own" time.
+    for the innermost frame's function (all its lines together) as own time.
     """
     by_layer: collections.Counter[str] = collections.Counter()
     by_function: collections.Counter[str] = collections.Counter()
@@ -75,8 +82,10 @@ def summarize(raw: Path) -> tuple[dict[str, int], dict[str, int], int]:
         count = int(count_text)
         frames = stack.split(";")
         total += count
-        by_function[frames[-1]] += count
-        layer = next((found for found in map(layer_of, reversed(frames)) if found), "other")
+        by_function[split_frame(frames[-1])[0]] += count
+        layer = next(
+            (found for found in map(layer_of, reversed(frames)) if found), "other (stdlib)"
+        )
         by_layer[layer] += count
     return dict(by_layer), dict(by_function), total
 
@@ -153,9 +162,13 @@ def main(argv: list[str]) -> int:
         "--seconds", type=float, default=10.0, help="seconds of sampling per server"
     )
     arguments = parser.parse_args(argv)
-    wrk, py_spy = shutil.which("wrk"), shutil.which("py-spy")
+    wrk = shutil.which("wrk")
+    # py-spy comes with the bench extra, next to this interpreter.
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if wrk is None or py_spy is None:
-        print("bench._profile needs wrk and py-spy on the PATH", file=sys.stderr)
+        print(
+            "bench._profile needs wrk and py-spy; install wrk and the bench extra", file=sys.stderr
+        )
         return 2
     PROFILES.mkdir(parents=True, exist_ok=True)
     for system in (PRODUCT, FRAMEWORK):
