@@ -11,8 +11,8 @@ goes to ``docs/profiles/status-<system>.txt``:
   counted by the innermost frame that belongs to a known layer;
 - the functions with the most samples of their own, lines merged.
 
-Both need ``wrk`` and ``py-spy`` on the PATH (py-spy comes with the bench
-extra); sampling another process may need ptrace permission.
+It needs ``wrk`` on the PATH and ``py-spy``, which comes with the bench
+extra. Sampling another process may need ptrace permission.
 """
 
 from __future__ import annotations
