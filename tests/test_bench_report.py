@@ -1,0 +1,65 @@
+"""Tests of the benchmark report page and the profile summary, on saved data only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import _profile, _report
+from bench.__main__ import main as bench_main
+
+RESULTS = sorted((Path(_report.REPO) / "bench" / "results").glob("*.json"))
+
+
+@pytest.fixture
+def page_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point the report at temporary files, so the test leaves docs/ untouched."""
+    paths = {
+        "PAGE": tmp_path / "benchmarks.md",
+        "IMAGES": tmp_path / "img",
+        "ANALYSIS": tmp_path / "analysis.md",
+    }
+    for name, path in paths.items():
+        monkeypatch.setattr(_report, name, path)
+    return paths
+
+
+@pytest.mark.skipif(not RESULTS, reason="no saved benchmark results")
+def test_report_appends_analysis(page_paths: dict[str, Path]) -> None:
+    page_paths["ANALYSIS"].write_text("## Where the time goes\n\nA hand-written line.\n")
+
+    status = bench_main(["--report-from", str(RESULTS[-1])])
+    page = page_paths["PAGE"].read_text()
+
+    assert status == 0
+    assert page.startswith("# Benchmarks\n")
+    assert page.rstrip().endswith("A hand-written line.")
+    assert "## Targets" in page
+    assert sorted(path.name for path in page_paths["IMAGES"].iterdir())
+
+
+@pytest.mark.skipif(not RESULTS, reason="no saved benchmark results")
+def test_report_without_analysis(page_paths: dict[str, Path]) -> None:
+    status = bench_main(["--report-from", str(RESULTS[-1])])
+    page = page_paths["PAGE"].read_text()
+
+    assert status == 0
+    assert "Where the time goes" not in page
+    assert "see the last section" not in page
+
+
+def test_profile_summary_counts_layers_and_functions(tmp_path: Path) -> None:
+    raw = tmp_path / "stacks.txt"
+    raw.write_text(
+        "run (trio/_core/_run.py:10);handle (http_api/_routes.py:5);dumps (json/__init__.py:3) 3\n"
+        "run (trio/_core/_run.py:10);send (hypercorn/protocol/h11.py:7) 2\n"
+        "run (trio/_core/_run.py:12) 5\n"
+    )
+
+    by_layer, by_function, total = _profile.summarize(raw)
+
+    assert total == 10
+    assert by_layer == {"http_api (product)": 3, "hypercorn": 2, "trio": 5}
+    assert by_function["run (trio/_core/_run.py)"] == 5
+    assert by_function["dumps (json/__init__.py)"] == 3
