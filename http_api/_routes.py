@@ -51,8 +51,9 @@ MAX_RETRY_AFTER_SECONDS = 10
 MAX_WAIT_SECONDS = 30.0
 # Larger ?wait= values are rejected as mistakes rather than capped.
 MAX_ACCEPTED_WAIT_SECONDS = 3600
-# The forms ?wait= accepts: whole or decimal seconds in ASCII digits.
-_WAIT_PATTERN = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6})?")
+# The forms ?wait= accepts: a non-negative decimal number in ASCII, with an
+# optional exponent, as the OpenAPI document's "number" type allows.
+_WAIT_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 # Maximum time a storage probe may take before /health reports it as failed (seconds).
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -377,8 +378,8 @@ def _parse_wait(raw: str | None) -> float:
     """Return the long-poll time in seconds from ``?wait=``, capped at ``MAX_WAIT_SECONDS``."""
     if raw is None:
         return 0.0
-    # Plain ASCII decimals only: float() would also take "1_0", "1e1", " 1"
-    # and digits of other scripts.
+    # float() alone would also take "1_0", " 1", "+1", "inf" and digits of
+    # other scripts.
     seconds = float(raw) if _WAIT_PATTERN.fullmatch(raw) else math.nan
     if not 0 <= seconds <= MAX_ACCEPTED_WAIT_SECONDS:  # also rejects NaN
         raise Problem(

@@ -561,11 +561,12 @@ async def test_long_poll_unscheduled_times_out(autojump_clock, open_client):
     assert cancelled["status"] == "cancelled"
 
 
-async def test_long_poll_fractional_wait(autojump_clock, open_client):
+@pytest.mark.parametrize("wait", ["2.5", "25e-1", "02.50"])
+async def test_long_poll_fractional_wait(autojump_clock, open_client, wait):
     async with open_client(source=StallSource()) as client:
         job_id = await start(client)
         etag = await current_tag(client, job_id)
-        response, elapsed = await timed_status(client, job_id, if_none_match=etag, wait="2.5")
+        response, elapsed = await timed_status(client, job_id, if_none_match=etag, wait=wait)
         cancelled = await cancel(client, job_id)
 
     assert response.status_code == 304
@@ -598,7 +599,7 @@ async def test_long_poll_wait_capped(autojump_clock, open_client, wait):
         "3601",
         "",
         "1_0",
-        "1e1",
+        "1e",
         "%201",  # a leading space
         "+1",
         "%D9%A3",  # ARABIC-INDIC DIGIT THREE, which float() reads as 3
