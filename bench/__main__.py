@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description=(
             "Benchmark download-jobs against three baselines on 127.0.0.1. The full run "
-            "(default) takes 25-30 minutes on 2 cores and rewrites docs/benchmarks.md; "
+            "(default) takes 20-30 minutes on 2 cores and rewrites docs/benchmarks.md; "
             "--quick takes under 2 minutes and --smoke a few seconds, and both only print."
         ),
         epilog="Scenarios: "
