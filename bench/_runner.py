@@ -59,7 +59,7 @@ class Context:
     def begin_run(self) -> None:
         """Collect garbage and wait, within the budget, for other processes to go quiet.
 
-        Then start the run's clock. The full collection here stands in for
+        Then start the run's clock. The full collection here replaces
         the ones ``keep_full_collections_out_of_runs`` stops during runs.
         """
         gc.collect()
@@ -84,7 +84,7 @@ def keep_full_collections_out_of_runs() -> None:
     With thousands of client tasks a full collection pauses the generator
     for 100-230 ms (measured on the 2-core Xeon), and every request in
     flight meanwhile would be timed that much slower than the server
-    answered it. Young and middle collections still run, with pauses of a
+    responded. Young and middle collections still run, with pauses of a
     few milliseconds. ``Context.begin_run`` collects fully before each run.
     """
     gc.collect()

@@ -132,7 +132,7 @@ class JobClient:
     async def wait_for_change(
         self, job_id: str, differs: Callable[[JobSnapshot], bool]
     ) -> JobSnapshot:
-        """Wait until ``differs(snapshot)`` holds after a state change, and return that snapshot.
+        """Wait until ``differs(snapshot)`` is true after a state change, and return that snapshot.
 
         Checks the current snapshot first and returns at once if it already
         differs. Otherwise it sleeps on the job's change event, which is set

@@ -24,7 +24,7 @@ cancelled has closed its end, and its reply is dropped.
 Each download runs in an actor task (``engine._actor.run_actor``) in a
 nursery that the supervisor owns, under a ``CancelScope`` that the supervisor
 creates and keeps in the job's table entry. At most ``max_concurrent_jobs``
-actors exist at once; other jobs wait in a FIFO queue and have no task at
+actors exist at once. Other jobs wait in a FIFO queue and have no task at
 all, so a queued job costs only its table entry.
 
 Timers need no tasks either. The loop waits for the next message with
@@ -643,7 +643,7 @@ class Supervisor:
     def _update_gauges(self) -> None:
         """Copy the table's sizes into the gauges, if any changed since the last copy.
 
-        Most passes answer a status query and change nothing, and setting
+        Most passes handle a status query and change nothing, and setting
         seven gauges, each behind a lock, costs more than the query itself.
         """
         counts = self._table.counts

@@ -337,8 +337,8 @@ async def download_status(job_id: str) -> Response:
 
     With ``If-None-Match`` naming the current ETag the response is 304. With
     ``?wait=N`` as well, the request waits up to N seconds (at most
-    ``MAX_WAIT_SECONDS``). It answers as soon as the job's status or attempt
-    changes; otherwise, when the N seconds are up, it answers with the
+    ``MAX_WAIT_SECONDS``). It returns as soon as the job's status or attempt
+    changes; otherwise, when the N seconds are up, it returns the
     current document, or 304 if nothing at all changed. Progress and queue
     position alone do not end the wait: a client sets how often it sees them
     by its choice of N, and a job that moves through twenty progress steps
