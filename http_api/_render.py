@@ -7,6 +7,8 @@ import json
 from datetime import datetime
 from typing import Any
 
+from quart import Response
+
 from engine import JobSnapshot, JobStatus
 
 
@@ -74,3 +76,15 @@ def encode_document(document: dict[str, Any]) -> tuple[bytes, str]:
     """
     body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
     return body, hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+def not_modified() -> Response:
+    """Return an empty 304 response without the entity headers a 304 must not misstate.
+
+    A 304 has no body, so it sends no Content-Type, and no Content-Length
+    because the one it could send would describe the 200 response.
+    """
+    response = Response(b"", status=304)
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    return response

@@ -44,6 +44,7 @@ from engine import ResultFile
 from ._context import current_jobs
 from ._openapi import operation, responds
 from ._problems import Problem
+from ._render import not_modified
 from ._schemas import (
     NoBody,
     PartialResultHeaders,
@@ -388,9 +389,7 @@ def _build_response(result: ResultFile, file: _AsyncBinaryFile) -> Response:
     validators = Validators.of(result)
 
     if _evaluate_preconditions(validators):
-        response = Response(b"", status=304)
-        del response.headers["Content-Type"]
-        del response.headers["Content-Length"]
+        response = not_modified()
         response.headers["ETag"] = validators.etag
         response.headers["Cache-Control"] = CACHE_CONTROL
         return response

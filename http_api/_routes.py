@@ -17,7 +17,7 @@ from ._body import CheckRequest, InitiateRequest, StartRequest, read_json_body
 from ._context import current_jobs, current_settings
 from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
 from ._problems import Problem
-from ._render import encode_document, render_snapshot, result_path, status_path
+from ._render import encode_document, not_modified, render_snapshot, result_path, status_path
 from ._schemas import (
     AcceptedHeaders,
     BulkJobAccepted,
@@ -75,25 +75,19 @@ def _idempotency_key() -> str | None:
     keys = request.headers.getlist("Idempotency-Key")
     if not keys:
         return None
+    key = keys[0]
     if len(keys) > 1:
         # HTTP reads repeated lines as one comma-joined value, which is not a valid key.
-        raise Problem(
-            400,
-            "invalid_idempotency_key",
-            "Invalid Idempotency-Key",
-            f"Idempotency-Key must appear once, got {len(keys)} header lines",
-            field="Idempotency-Key",
+        detail = f"Idempotency-Key must appear once, got {len(keys)} header lines"
+    elif not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not _is_visible_ascii(key):
+        detail = (
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters"
         )
-    key = keys[0]
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not _is_visible_ascii(key):
-        raise Problem(
-            400,
-            "invalid_idempotency_key",
-            "Invalid Idempotency-Key",
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters",
-            field="Idempotency-Key",
-        )
-    return key
+    else:
+        return key
+    raise Problem(
+        400, "invalid_idempotency_key", "Invalid Idempotency-Key", detail, field="Idempotency-Key"
+    )
 
 
 def _is_visible_ascii(text: str) -> bool:
@@ -363,8 +357,7 @@ async def download_status(job_id: str) -> Response:
         body, etag = encode_document(render_snapshot(snapshot))
 
     if request.if_none_match.contains_weak(etag):
-        response = Response(b"", status=304)
-        del response.headers["Content-Type"]  # a 304 has no body to describe
+        response = not_modified()
     else:
         response = Response(body, content_type="application/json")
     response.set_etag(etag)
