@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from sources import StallSource
 from test_supervisor import (
     started_supervisor,
     wait_until_finished,
@@ -54,23 +55,6 @@ def progress_moved(snapshot: JobSnapshot) -> bool:
 
 
 # -- test sources -----------------------------------------------------------
-
-
-class StallSource:
-    """A source that declares no schedule and never finishes."""
-
-    async def fetch(
-        self, file_id: int, progress: ProgressReporter, destination: Path
-    ) -> ResultInfo:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def check(self, file_id: int) -> int | None:
-        await trio.lowlevel.checkpoint()
-        return None
-
-    async def check_health(self) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 class FlakySource:

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 from quart.typing import TestClientProtocol as QuartTestClient
 from quart.wrappers import Response
+from sources import StallSource
 
 import http_api._app as app_module
 from engine import (
@@ -50,23 +51,6 @@ OpenClient = Callable[..., AbstractAsyncContextManager[QuartTestClient]]
 
 
 # -- test sources -------------------------------------------------------------
-
-
-class StallSource:
-    """A source that declares no schedule and never finishes."""
-
-    async def fetch(
-        self, file_id: int, progress: ProgressReporter, destination: Path
-    ) -> ResultInfo:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def check(self, file_id: int) -> int | None:
-        await trio.lowlevel.checkpoint()
-        return None
-
-    async def check_health(self) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 class FlakySource:
