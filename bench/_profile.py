@@ -67,7 +67,7 @@ def layer_of(frame: str) -> str | None:
 
 
 def summarize(raw: Path) -> tuple[dict[str, int], dict[str, int], int]:
-    """Read py-spy's collapsed stacks; return samples per layer, per own function, and in all.
+    """Return samples per layer, per own function and in all, from py-spy's collapsed stacks.
 
     A sample counts for the layer of its innermost frame that has one, and
     for the innermost frame's function (all its lines together) as own time.

@@ -139,8 +139,8 @@ class JobClient:
         only at state changes (see ``JobWatch``), and checks again after each:
         one supervisor round trip per state change, and no CPU at all in
         between. Progress and queue position never wake it, so a predicate on
-        them alone is seen only at the next state change; a caller that wants
-        fresh progress bounds the wait and reads the status when it ends.
+        them alone is checked only at the next state change. A caller that
+        wants fresh progress bounds the wait and reads the status when it ends.
 
         There is no time limit: the caller bounds the wait with a cancel
         scope. Cancelling the wait never affects the job. Raises like

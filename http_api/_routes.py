@@ -334,9 +334,9 @@ async def download_status(job_id: str) -> Response:
     ``MAX_WAIT_SECONDS``). It returns as soon as the job's status or attempt
     changes; otherwise, when the N seconds are up, it returns the
     current document, or 304 if nothing at all changed. Progress and queue
-    position alone do not end the wait: a client sets how often it sees them
-    by its choice of N, and a job that moves through twenty progress steps
-    costs one answer per N seconds rather than twenty. A client that
+    position alone do not end the wait. A client sets how often it receives
+    them by its choice of N, and a job that moves through twenty progress
+    steps costs one response per N seconds rather than twenty. A client that
     disconnects cancels only its own wait.
     """
     wait = _parse_wait(request.args.get("wait"))

@@ -48,7 +48,7 @@ def test_report_without_analysis(page_paths: dict[str, Path]) -> None:
     assert "see the last section" not in page
 
 
-def test_profile_summary_counts_layers_and_functions(tmp_path: Path) -> None:
+def test_profile_summary_counts_samples(tmp_path: Path) -> None:
     raw = tmp_path / "stacks.txt"
     raw.write_text(
         "run (trio/_core/_run.py:10);handle (http_api/_routes.py:5);dumps (json/__init__.py:3) 3\n"

@@ -32,7 +32,7 @@ def run_probe() -> dict[str, object]:
     return result
 
 
-def test_tune_freezes_start_up_and_raises_young_threshold():
+def test_tune_freezes_and_raises_threshold():
     result = run_probe()
 
     assert result["before"] == [700, 10, 10]

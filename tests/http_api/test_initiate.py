@@ -310,7 +310,7 @@ async def test_bulk_manifest(autojump_clock, sevens_api):
 # -- long polls on bulk jobs --------------------------------------------------
 
 
-async def test_bulk_long_poll_reports_file_end_when_wait_ends(autojump_clock, tmp_path):
+async def test_bulk_long_poll_waits_past_file_end(autojump_clock, tmp_path):
     # One 10 s file at a time, in 50% steps: the first file ends at 10 s,
     # which is progress and ends no wait, so the 15 s wait runs its course.
     async with open_client(
