@@ -13,6 +13,7 @@ from werkzeug.routing import BaseConverter
 from engine import EngineError, JobClient, Supervisor
 
 from ._context import CLIENT_KEY, SETTINGS_KEY
+from ._longpoll import JOB_ID_REGEX, LongPollLayer
 from ._middleware import install_middleware
 from ._openapi import install_openapi
 from ._problems import Problem, problem_from_engine_error
@@ -44,7 +45,7 @@ SUPERVISOR_STOP_SECONDS = 5.0
 class JobIdConverter(BaseConverter):
     """Matches a UUID in 8-4-4-4-12 hex form only, so job routes never shadow fixed ones."""
 
-    regex = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    regex = JOB_ID_REGEX
 
     def to_python(self, value: str) -> str:
         return value.lower()
@@ -66,8 +67,15 @@ def create_app(settings: Settings) -> Quart:
     app.url_map.converters["job_id"] = JobIdConverter
     app.register_blueprint(routes)
     app.register_blueprint(results)
-    install_middleware(app, settings)
+    limits = install_middleware(app, settings)
     _register_error_handlers(app)
+    # Quart's documented way to add ASGI middleware. The layer reads the client
+    # per request because the supervisor starts after the app is built.
+    app.asgi_app = LongPollLayer(  # type: ignore[method-assign]
+        app.asgi_app,
+        lambda: app.extensions[CLIENT_KEY],
+        None if limits is None else limits.admit,
+    )
 
     app.extensions[SETTINGS_KEY] = settings
     supervisor = Supervisor(settings.engine)

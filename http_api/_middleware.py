@@ -10,15 +10,18 @@ reach the app and carry none of them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Any, cast
 
 import trio
+from hypercorn.typing import HTTPScope
 from quart import Quart, Response, after_this_request, request
 from quart.typing import ResponseTypes
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ._problems import Problem
-from ._ratelimit import FixedWindowLimiter, client_key
+from ._ratelimit import FixedWindowLimiter, Quota, client_key
 from ._request_id import REQUEST_ID_HEADER, REQUEST_ID_LOG_FILTER, current_request_id
 from ._settings import ANY_ORIGIN, Settings, normalize_origin
 
@@ -87,6 +90,18 @@ class CorsPolicy:
         response.headers.add("Access-Control-Expose-Headers", EXPOSED_HEADERS)
 
 
+# Where ``RateLimits.count`` leaves its verdict in the ASGI scope, so that a
+# request the long-poll layer counted before holding it is not counted again.
+_COUNTED_KEY = "download_jobs.rate_limit"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Counted:
+    key: str
+    is_read: bool
+    quota: Quota
+
+
 class RateLimits:
     """The two per-client budgets: one for polls and reads, one for writes."""
 
@@ -96,19 +111,42 @@ class RateLimits:
         self.writes = FixedWindowLimiter(settings.rate_limit_max_requests, window)
         self.polls = FixedWindowLimiter(settings.rate_limit_poll_max_requests, window)
 
+    def admit(self, scope: HTTPScope) -> bool:
+        """Count the request of ``scope`` in its budget; return whether it is within it."""
+        return self._count(scope).quota.allowed
+
+    def _count(self, scope: HTTPScope, *, preflight: bool = False) -> _Counted:
+        """Count the request of ``scope`` once, however often this is called.
+
+        Preflights are not counted, and report the current quota of the poll budget.
+        """
+        # The verdict is kept in the scope, which the ASGI types do not declare.
+        stash = cast(dict[str, Any], scope)
+        counted: _Counted | None = stash.get(_COUNTED_KEY)
+        if counted is not None:
+            return counted
+        forwarded_for = [
+            value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name == b"x-forwarded-for"
+        ]
+        peer = scope.get("client")
+        key = client_key(None if peer is None else peer[0], forwarded_for, self.trusted_proxies)
+        is_read = scope["method"] in _READ_METHODS
+        limiter = self.polls if is_read else self.writes
+        now = trio.current_time()
+        quota = limiter.peek(key, now) if preflight else limiter.hit(key, now)
+        counted = _Counted(key, is_read, quota)
+        stash[_COUNTED_KEY] = counted
+        return counted
+
     def apply(self, *, preflight: bool) -> None:
         """Count the current request in its budget and add RateLimit-* headers to its response.
 
-        Preflights are not counted, and report the current quota of the poll budget.
         Raises a 429 ``Problem`` with Retry-After when the budget is used up.
         """
-        forwarded_for = request.headers.getlist("X-Forwarded-For")
-        peer = request.scope.get("client")
-        key = client_key(None if peer is None else peer[0], forwarded_for, self.trusted_proxies)
-        now = trio.current_time()
-        is_read = request.method in _READ_METHODS
-        limiter = self.polls if is_read else self.writes
-        quota = limiter.peek(key, now) if preflight else limiter.hit(key, now)
+        counted = self._count(cast(HTTPScope, request.scope), preflight=preflight)
+        quota = counted.quota
 
         @after_this_request
         async def add_rate_limit_headers(response: ResponseTypes) -> ResponseTypes:
@@ -119,12 +157,13 @@ class RateLimits:
 
         if quota.allowed:
             return
-        kind = "read" if is_read else "write"
+        kind = "read" if counted.is_read else "write"
+        limiter = self.polls if counted.is_read else self.writes
         window_text = f"{limiter.window_seconds:g} s"
         if quota.first_rejection:
             logger.warning(
                 "client %s exceeded the %s rate limit of %d requests per %s",
-                key,
+                counted.key,
                 kind,
                 quota.limit,
                 window_text,
@@ -133,7 +172,7 @@ class RateLimits:
             429,
             "rate_limited",
             "Too many requests",
-            f"client {key} sent more than {quota.limit} {kind} requests in {window_text}; "
+            f"client {counted.key} sent more than {quota.limit} {kind} requests in {window_text}; "
             f"retry after {quota.reset_header} s",
             headers={"Retry-After": quota.reset_header},
         )
@@ -147,8 +186,11 @@ def _is_preflight() -> bool:
     )
 
 
-def install_middleware(app: Quart, settings: Settings) -> None:
-    """Register the hooks that add common headers, handle preflights and limit request rates."""
+def install_middleware(app: Quart, settings: Settings) -> RateLimits | None:
+    """Register the hooks that add common headers, handle preflights and limit request rates.
+
+    Returns the rate limits, or None when rate limiting is off.
+    """
     cors = CorsPolicy(settings.cors_origins)
     limits = RateLimits(settings) if settings.rate_limit_enabled else None
     # Logger.addFilter ignores a filter that is already installed, so apps
@@ -191,6 +233,8 @@ def install_middleware(app: Quart, settings: Settings) -> None:
             except RequestEntityTooLarge:
                 response.headers["Connection"] = "close"
         return response
+
+    return limits
 
 
 def _may_have_unread_body() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,6 +14,7 @@ from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobSnapshot, JobStatus, SourceErr
 
 from ._body import CheckRequest, InitiateRequest, StartRequest, read_json_body
 from ._context import current_jobs, current_settings
+from ._longpoll import parse_wait
 from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
 from ._problems import Problem
 from ._render import encode_document, not_modified, render_snapshot, result_path, status_path
@@ -46,14 +46,6 @@ POLL_INTERVAL_SECONDS = 2
 # Bounds of the Retry-After of a status response (seconds).
 MIN_RETRY_AFTER_SECONDS = 1
 MAX_RETRY_AFTER_SECONDS = 10
-# A long poll waits at most this long, well below the 60 s and 100 s after
-# which nginx and Cloudflare give up on a request by default (seconds).
-MAX_WAIT_SECONDS = 30.0
-# Larger ?wait= values are rejected as mistakes rather than capped.
-MAX_ACCEPTED_WAIT_SECONDS = 3600
-# The forms ?wait= accepts: a non-negative decimal number in ASCII, with an
-# optional exponent, as the OpenAPI document's "number" type allows.
-_WAIT_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 # Maximum time a storage probe may take before /health reports it as failed (seconds).
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -327,35 +319,23 @@ async def health() -> Response:
 @responds(410, ProblemDocument, _EXPIRED_JOB)
 @responds(503, ProblemDocument, _SHUTTING_DOWN, RetryAfterHeaders)
 async def download_status(job_id: str) -> Response:
-    """Return the job's status document, conditionally and optionally as a long poll.
+    """Return the job's status document, or 304 when ``If-None-Match`` names its ETag.
 
-    With ``If-None-Match`` naming the current ETag the response is 304. With
-    ``?wait=N`` as well, the request waits up to N seconds (at most
-    ``MAX_WAIT_SECONDS``). It returns as soon as the job's status or attempt
-    changes; otherwise, when the N seconds are up, it returns the
-    current document, or 304 if nothing at all changed. Progress and queue
-    position alone do not end the wait. A client sets how often it receives
-    them by its choice of N, and a job that moves through twenty progress
-    steps costs one response per N seconds rather than twenty. A client that
-    disconnects cancels only its own wait.
+    ``?wait=N`` is validated here, and held before this route runs: a long
+    poll whose tag is current reaches it only when the job's status or
+    attempt changed, or when its N seconds (at most ``MAX_WAIT_SECONDS``)
+    are up (see ``LongPollLayer``). So this route always answers at once,
+    from the document as it is now. Progress and queue position alone do not
+    end a wait. A client sets how often it receives them by its choice of N,
+    and a job that moves through twenty progress steps costs one response
+    per N seconds rather than twenty.
     """
-    wait = _parse_wait(request.args.get("wait"))
-    jobs = current_jobs()
-    snapshot = await jobs.status(job_id)
+    parse_wait(request.args.get("wait"))
+    snapshot = await current_jobs().status(job_id)
     body, etag = encode_document(render_snapshot(snapshot))
 
     # If-None-Match uses the weak comparison (RFC 9110 section 13.1.2), so a
     # tag that a proxy marked weak, W/"...", still matches.
-    if wait > 0 and request.if_none_match.contains_weak(etag):
-        state = (snapshot.status, snapshot.attempt)
-        changed: JobSnapshot | None = None
-        with trio.move_on_after(wait):
-            changed = await jobs.wait_for_change(
-                job_id, lambda candidate: (candidate.status, candidate.attempt) != state
-            )
-        snapshot = changed if changed is not None else await jobs.status(job_id)
-        body, etag = encode_document(render_snapshot(snapshot))
-
     if request.if_none_match.contains_weak(etag):
         response = not_modified()
     else:
@@ -365,24 +345,6 @@ async def download_status(job_id: str) -> Response:
     if not snapshot.status.is_terminal:
         response.headers["Retry-After"] = str(_retry_after_seconds(snapshot))
     return response
-
-
-def _parse_wait(raw: str | None) -> float:
-    """Return the long-poll time in seconds from ``?wait=``, capped at ``MAX_WAIT_SECONDS``."""
-    if raw is None:
-        return 0.0
-    # float() alone would also take "1_0", " 1", "+1", "inf" and digits of
-    # other scripts.
-    seconds = float(raw) if _WAIT_PATTERN.fullmatch(raw) else math.nan
-    if not 0 <= seconds <= MAX_ACCEPTED_WAIT_SECONDS:  # also rejects NaN
-        raise Problem(
-            400,
-            "invalid_wait",
-            "Invalid wait",
-            f"wait must be a number of seconds from 0 to {MAX_ACCEPTED_WAIT_SECONDS}, got {raw!r}",
-            field="wait",
-        )
-    return min(seconds, MAX_WAIT_SECONDS)
 
 
 def _retry_after_seconds(snapshot: JobSnapshot) -> int:

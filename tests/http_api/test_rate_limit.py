@@ -464,3 +464,50 @@ def test_settings_read():
 def test_settings_invalid(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_environ({name: value})
+
+
+# -- long polls, which the long-poll layer counts before holding them ----------
+
+
+async def start_and_tag(client) -> tuple[str, str]:
+    """Start a job (one write) and read its status (one read); return its status path and ETag."""
+    started = await client.post(
+        "/v1/download/start", json={"file_id": 70000}, scope_base=peer(CLIENT)
+    )
+    assert started.status_code == 202
+    path = (await started.get_json())["statusUrl"]
+    first = await client.get(path, scope_base=peer(CLIENT))
+    assert first.status_code == 200
+    return path, first.headers["ETag"]
+
+
+async def test_held_long_poll_counted_once(client, autojump_clock):
+    path, etag = await start_and_tag(client)
+    began = trio.current_time()
+    held = await client.get(
+        path, query_string={"wait": "5"}, headers={"If-None-Match": etag}, scope_base=peer(CLIENT)
+    )
+    elapsed = trio.current_time() - began
+    after = await client.get(path, scope_base=peer(CLIENT))
+
+    # 304, or 200 if a progress step passed during the wait.
+    assert held.status_code in (200, 304)
+    assert elapsed == 5
+    assert quota(held)[1] == POLL_LIMIT - 2
+    assert quota(after)[1] == POLL_LIMIT - 3
+
+
+async def test_long_poll_over_budget_rejected_before_hold(client, autojump_clock):
+    path, etag = await start_and_tag(client)
+    for _ in range(POLL_LIMIT - 1):
+        await client.get(path, scope_base=peer(CLIENT))
+    began = trio.current_time()
+    response = await client.get(
+        path, query_string={"wait": "5"}, headers={"If-None-Match": etag}, scope_base=peer(CLIENT)
+    )
+    problem = await response.get_json(force=True)
+
+    assert response.status_code == 429
+    assert trio.current_time() == began
+    assert problem["code"] == "rate_limited"
+    assert quota(response)[1] == 0
