@@ -12,7 +12,7 @@ from werkzeug.routing import BaseConverter
 
 from engine import EngineError, JobClient, Supervisor
 
-from ._context import CLIENT_KEY, SETTINGS_KEY
+from ._context import CLIENT_KEY, LONG_POLLS_KEY, SETTINGS_KEY
 from ._longpoll import JOB_ID_REGEX, LongPollLayer
 from ._middleware import install_middleware
 from ._openapi import install_openapi
@@ -71,11 +71,14 @@ def create_app(settings: Settings) -> Quart:
     _register_error_handlers(app)
     # Quart's documented way to add ASGI middleware. The layer reads the client
     # per request because the supervisor starts after the app is built.
-    app.asgi_app = LongPollLayer(  # type: ignore[method-assign]
+    long_polls = LongPollLayer(
         app.asgi_app,
         lambda: app.extensions[CLIENT_KEY],
         None if limits is None else limits.admit,
+        max_body_bytes=settings.max_body_bytes,
     )
+    app.asgi_app = long_polls  # type: ignore[method-assign]
+    app.extensions[LONG_POLLS_KEY] = long_polls
 
     app.extensions[SETTINGS_KEY] = settings
     supervisor = Supervisor(settings.engine)

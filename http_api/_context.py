@@ -10,6 +10,7 @@ from ._settings import Settings
 
 CLIENT_KEY = "download_jobs.client"
 SETTINGS_KEY = "download_jobs.settings"
+LONG_POLLS_KEY = "download_jobs.long_polls"
 
 
 def current_jobs() -> JobClient:

@@ -99,25 +99,23 @@ class LongPoll:
 
         Reads the request the way the status route does: the first ``wait``
         in the query, the first ``If-None-Match`` line. A request with a
-        body, or with a ``wait`` the route rejects, is not held, so the route
-        answers it at once.
+        ``wait`` the route rejects is not held, so the route rejects it at once.
         """
         if scope["method"] not in ("GET", "HEAD"):
             return None
-        match = _STATUS_PATH.fullmatch(scope["path"])
+        path = scope["path"]
+        if not path.startswith("/"):
+            # An absolute-form request line ("GET http://host/path"), as sent to proxies.
+            path = urllib.parse.urlsplit(path).path
+        match = _STATUS_PATH.fullmatch(path)
         if match is None:
             return None
-        if_none_match = None
-        for name, value in scope["headers"]:
-            if name == b"transfer-encoding" or (
-                name == b"content-length" and value.strip() != b"0"
-            ):
-                return None
-            if name == b"if-none-match" and if_none_match is None:
-                if_none_match = value.decode("latin-1")
-        if if_none_match is None:
+        tags = [value for name, value in scope["headers"] if name == b"if-none-match"]
+        if not tags:
             return None
-        query = urllib.parse.parse_qsl(scope["query_string"].decode("latin-1"))
+        query = urllib.parse.parse_qsl(
+            scope["query_string"].decode("latin-1"), keep_blank_values=True
+        )
         raw_wait = next((value for name, value in query if name == "wait"), None)
         try:
             seconds = parse_wait(raw_wait)
@@ -125,7 +123,7 @@ class LongPoll:
             return None
         if seconds <= 0:
             return None
-        return cls(match.group(1).lower(), seconds, if_none_match)
+        return cls(match.group(1).lower(), seconds, tags[0].decode("latin-1"))
 
 
 class LongPollLayer:
@@ -136,6 +134,9 @@ class LongPollLayer:
     ``admit`` counts a request in its rate-limit budget and returns whether
     it is within it. The layer calls it once before holding a request, and
     the app must not count that request again (see ``RateLimits``).
+    ``max_body_bytes`` bounds what the layer buffers of a held request's
+    body (a GET rarely has one). A larger body ends the hold, and the app
+    then handles the request as usual.
     """
 
     def __init__(
@@ -143,13 +144,31 @@ class LongPollLayer:
         app: ASGIApp,
         jobs: Callable[[], JobClient],
         admit: Callable[[HTTPScope], bool] | None = None,
+        *,
+        max_body_bytes: int,
     ) -> None:
         self._app = app
         self._jobs = jobs
         self._admit = admit
+        self._max_body_bytes = max_body_bytes
+        self._holds: set[trio.CancelScope] = set()
+        self._released = False
+
+    def release(self) -> None:
+        """End every hold now and hold no request from now on; call when the server stops.
+
+        Released polls are answered at once with the document as it is, so
+        that no client loses its connection without a response when the
+        server closes the connections still open after its grace period.
+        Not a checkpoint.
+        """
+        self._released = True
+        for scope in self._holds:
+            scope.cancel()
+        logger.info("released %d held long polls", len(self._holds))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not self._released:
             poll = LongPoll.from_scope(scope)
             if poll is not None and (self._admit is None or self._admit(scope)):
                 held = await self._hold(poll, receive)
@@ -163,9 +182,10 @@ class LongPollLayer:
 
         Returns the ``receive`` to pass on, which first replays the messages
         read while waiting. Returns None once the client has disconnected,
-        because no client is left to receive a response. Returns at once, without waiting, when the
-        tag does not match or the job cannot be read; the route then answers
-        with the document or the problem. Cancellation propagates; the job
+        because no client is left to receive a response. Returns at once,
+        without waiting, when the tag does not match or the job cannot be
+        read; the route then responds with the document or the problem.
+        ``release`` also ends the wait. Cancellation propagates; the job
         never notices either way.
         """
         jobs = self._jobs()
@@ -174,7 +194,7 @@ class LongPollLayer:
         except EngineError:
             return receive
         _, etag = encode_document(render_snapshot(snapshot))
-        if not parse_etags(poll.if_none_match).contains_weak(etag):
+        if self._released or not parse_etags(poll.if_none_match).contains_weak(etag):
             return receive
 
         state = (snapshot.status, snapshot.attempt)
@@ -184,33 +204,45 @@ class LongPollLayer:
 
         received: list[ASGIReceiveEvent] = []
         async with trio.open_nursery() as nursery:
-            nursery.cancel_scope.deadline = trio.current_time() + poll.seconds
-            nursery.start_soon(_read_until_disconnect, receive, received, nursery.cancel_scope)
+            hold = nursery.cancel_scope
+            hold.deadline = trio.current_time() + poll.seconds
+            self._holds.add(hold)
             try:
-                await jobs.wait_for_change(poll.job_id, changed)
-            except EngineError:
-                pass  # The job was removed or the server is stopping; the route reports it.
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(self._read_while_held, receive, received, hold)
+                try:
+                    await jobs.wait_for_change(poll.job_id, changed)
+                except EngineError:
+                    pass  # The job was removed or the server is stopping; the route reports it.
+                hold.cancel()
+            finally:
+                self._holds.discard(hold)
         if received and received[-1]["type"] == "http.disconnect":
             logger.debug("client left during the long poll of job %s", poll.job_id)
             return None
         return _replaying(received, receive)
 
+    async def _read_while_held(
+        self, receive: Receive, received: list[ASGIReceiveEvent], hold: trio.CancelScope
+    ) -> None:
+        """Store what ``receive`` returns; cancel ``hold`` when the client leaves.
 
-async def _read_until_disconnect(
-    receive: Receive, received: list[ASGIReceiveEvent], scope: trio.CancelScope
-) -> None:
-    """Store what ``receive`` returns until the client disconnects, then cancel ``scope``.
-
-    A held request has no body, so this reads one empty ``http.request``
-    message and then blocks until ``http.disconnect``.
-    """
-    while True:
-        message = await receive()
-        received.append(message)
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+        Most held requests have no body: this reads one empty
+        ``http.request`` message, then blocks until ``http.disconnect``. A
+        body larger than ``max_body_bytes`` also cancels ``hold``, so the app
+        reads or rejects the rest.
+        """
+        body_bytes = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] == "http.disconnect":
+                hold.cancel()
+                return
+            if message["type"] == "http.request":
+                body_bytes += len(message["body"])
+            if body_bytes > self._max_body_bytes:
+                hold.cancel()
+                return
 
 
 def _replaying(received: list[ASGIReceiveEvent], receive: Receive) -> Receive:

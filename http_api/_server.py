@@ -15,7 +15,8 @@ from quart import Quart
 from engine import JobClient, SupervisorClosed, tune_garbage_collector
 
 from ._app import create_app
-from ._context import CLIENT_KEY
+from ._context import CLIENT_KEY, LONG_POLLS_KEY
+from ._longpoll import LongPollLayer
 from ._settings import Settings
 
 logger = logging.getLogger("http_api")
@@ -88,6 +89,14 @@ async def serve(
     app = create_app(settings)
 
     drained = trio.Event()
+    long_polls: LongPollLayer = app.extensions[LONG_POLLS_KEY]
+
+    async def stop_serving() -> None:
+        # Answer held long polls before Hypercorn closes what is still open
+        # after its graceful timeout: on a finished job they would wait 30 s.
+        await drained.wait()
+        long_polls.release()
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
@@ -95,7 +104,7 @@ async def serve(
             )
             async with trio.open_nursery() as server:
                 binds: list[str] = await server.start(
-                    functools.partial(hypercorn_serve, app, config, shutdown_trigger=drained.wait)
+                    functools.partial(hypercorn_serve, app, config, shutdown_trigger=stop_serving)
                 )
                 tune_garbage_collector()
                 for bind in binds:

@@ -319,3 +319,41 @@ async def test_second_sigterm_cancels_at_once(
             f"job {job_id} was cancelled {waited} s after the second SIGTERM"
         )
     assert log.rstrip().endswith("server stopped"), log
+
+
+async def test_long_poll_on_finished_job_answered_at_stop(start_server: StartServer) -> None:
+    # A finished job never changes, so only the stop can end this 30 s wait.
+    server = start_server(DOWNLOAD_DELAY_MIN_MS="200", DOWNLOAD_DELAY_MAX_MS="200", **NO_RATE_LIMIT)
+    async with open_client(server) as client:
+        (job_id,) = await start_jobs(client, 1)
+        status_path = f"/v1/download/status/{job_id}"
+        current = await client.get(status_path)
+        if current.json()["status"] != "done":
+            current = await client.get(
+                status_path,
+                params={"wait": "4"},
+                headers={"If-None-Match": current.headers["ETag"]},
+            )
+        assert current.json()["status"] == "done"
+        responses: list[httpx.Response] = []
+
+        async def long_poll() -> None:
+            response = await client.get(
+                status_path,
+                params={"wait": "30"},
+                headers={"If-None-Match": current.headers["ETag"]},
+                timeout=EXIT_SLACK_SECONDS,
+            )
+            responses.append(response)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_poll)
+            await trio.sleep(0.5)  # the server now holds the poll
+            signalled_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+
+    assert [response.status_code for response in responses] == [304]
+    assert responses[0].headers["ETag"] == current.headers["ETag"]
+    await wait_for_exit(server, signalled_at, EXIT_SLACK_SECONDS)
+    assert await exit_status(server) == 0, server.log
+    assert "released 1 held long polls" in server.log

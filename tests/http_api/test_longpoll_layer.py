@@ -84,14 +84,8 @@ def test_percent_encoded_wait_decoded():
         pytest.param(scope(path=STATUS_PATH + "/"), id="trailing-slash"),
         pytest.param(scope(path="/v1/download/status/not-a-uuid"), id="malformed-job-id"),
         pytest.param(scope(path=f"/v1/download/{JOB_ID}"), id="result-route"),
-        pytest.param(
-            scope(headers=[(b"if-none-match", TAG.encode()), (b"content-length", b"3")]),
-            id="body-by-length",
-        ),
-        pytest.param(
-            scope(headers=[(b"if-none-match", TAG.encode()), (b"transfer-encoding", b"chunked")]),
-            id="chunked-body",
-        ),
+        pytest.param(scope(query=b"wait=&wait=5"), id="empty-first-wait"),
+        pytest.param(scope(query=b"wait&wait=5"), id="bare-first-wait"),
     ],
 )
 def test_passed_through_unheld(request_scope):
@@ -99,7 +93,13 @@ def test_passed_through_unheld(request_scope):
     assert LongPoll.from_scope(request_scope) is None
 
 
-def test_empty_content_length_still_held():
-    headers = [(b"if-none-match", TAG.encode()), (b"content-length", b"0")]
+def test_absolute_form_target_held():
+    poll = LongPoll.from_scope(scope(path=f"http://127.0.0.1:8000{STATUS_PATH}"))
 
-    assert LongPoll.from_scope(scope(headers=headers)) is not None
+    assert poll == LongPoll(JOB_ID, 10.0, TAG)
+
+
+def test_request_with_body_held():
+    headers = [(b"if-none-match", TAG.encode()), (b"content-length", b"5")]
+
+    assert LongPoll.from_scope(scope(headers=headers)) == LongPoll(JOB_ID, 10.0, TAG)

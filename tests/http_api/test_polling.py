@@ -31,6 +31,8 @@ from engine import (
     TransientSourceError,
 )
 from http_api import Settings, create_app
+from http_api._context import LONG_POLLS_KEY
+from http_api._settings import MAX_BODY_BYTES
 
 # Virtual seconds on the autojump clock: only a hang gets this far.
 pytestmark = pytest.mark.deadline(3600)
@@ -677,6 +679,69 @@ async def test_cancelled_poll_task_leaves_job(autojump_clock, open_client):
 
     assert nursery.cancel_scope.cancelled_caught
     assert (await running.get_json())["status"] == "processing"
+    assert finished["status"] == "done"
+
+
+async def test_long_poll_with_body_held(autojump_clock, open_client):
+    async with open_client(**fixed_delay(20)) as client:
+        job_id = await start(client)
+        etag = await current_tag(client, job_id)
+        began = trio.current_time()
+        response = await client.get(
+            f"/v1/download/status/{job_id}",
+            query_string={"wait": "5"},
+            headers={"If-None-Match": etag},
+            data=b"hello",
+        )
+        elapsed = trio.current_time() - began
+        finished = await finish(client, job_id)
+
+    assert response.status_code == 200  # progress moved 25% in the 5 s
+    assert elapsed == 5
+    assert finished["status"] == "done"
+
+
+async def test_long_poll_body_over_limit_not_held(autojump_clock, open_client):
+    async with open_client(**fixed_delay(20)) as client:
+        job_id = await start(client)
+        etag = await current_tag(client, job_id)
+        began = trio.current_time()
+        response = await client.get(
+            f"/v1/download/status/{job_id}",
+            query_string={"wait": "5"},
+            headers={"If-None-Match": etag},
+            data=b"x" * (MAX_BODY_BYTES + 1),
+        )
+        elapsed = trio.current_time() - began
+        finished = await finish(client, job_id)
+
+    assert response.status_code == 304
+    assert elapsed == 0
+    assert finished["status"] == "done"
+
+
+async def test_release_answers_held_polls(autojump_clock, open_client):
+    async with open_client(**fixed_delay(20)) as client:
+        job_id = await start(client)
+        etag = await current_tag(client, job_id)
+        responses: list[Response] = []
+
+        async def long_poll() -> None:
+            responses.append(await get_status(client, job_id, if_none_match=etag, wait="30"))
+
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_poll)
+            await trio.testing.wait_all_tasks_blocked()
+            client.app.extensions[LONG_POLLS_KEY].release()
+        elapsed = trio.current_time() - began
+        after, after_elapsed = await timed_status(client, job_id, if_none_match=etag, wait="30")
+        finished = await finish(client, job_id)
+
+    assert [response.status_code for response in responses] == [304]
+    assert elapsed == 0
+    assert after.status_code == 304
+    assert after_elapsed == 0
     assert finished["status"] == "done"
 
 
