@@ -30,7 +30,9 @@ from .scenarios import inflight, polling, start_latency, storm, throughput
 SCENARIOS: dict[str, ModuleType] = {
     module.KEY: module for module in (start_latency, polling, throughput, inflight, storm)
 }
-COUNT_KNOBS = frozenset({"poll_steps", "inflight_jobs", "inflight_harness_jobs"})
+COUNT_KNOBS = frozenset(
+    {"poll_steps", "poll_floor_steps", "inflight_jobs", "inflight_harness_jobs"}
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,9 +147,15 @@ def rebuild_report(path: str) -> int:
     from ._report import write_page
 
     document = json.loads(Path(path).read_text())
+    saved = document["meta"]["sizes"]
+    # A file saved before a knob existed gets the full preset's value for it.
     sizes = _config.Sizes(
         **{
-            field.name: _parse_saved(field.name, document["meta"]["sizes"][field.name])
+            field.name: (
+                _parse_saved(field.name, saved[field.name])
+                if field.name in saved
+                else getattr(_config.FULL, field.name)
+            )
             for field in dataclasses.fields(_config.Sizes)
         }
     )

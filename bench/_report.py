@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from ._servers import REPO
+from .scenarios.polling import FLOOR_LONGPOLL
 
 RESULTS_DIR = REPO / "bench" / "results"
 PAGE = REPO / "docs" / "benchmarks.md"
@@ -436,6 +437,7 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
                 ("long-poll change seen after, p99 ms", "notify_delay_p99_ms", 1),
                 ("other cores", "efficiency_other_processes_cores", 2),
             ],
+            [key for key in result["systems"] if key != FLOOR_LONGPOLL.key],
         ),
         "",
         f"Capacity: clients are added in steps ({steps}) and keep polling; after each step "
@@ -443,6 +445,7 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
         f"measures the p99 of immediate status requests (the clients' polls plus "
         f"{parameters['probe_rate_per_second']:g} probe polls per second). The largest step with "
         f"p99 < {parameters['p99_limit_ms']:g} ms and under 1% errors counts.",
+        *_floor_staircase_text(result),
         "",
         *table(
             result,
@@ -473,6 +476,20 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
         *_notes(result),
     ]
     return lines
+
+
+def _floor_staircase_text(result: dict[str, Any]) -> list[str]:
+    """Describe the floor's long-poll staircase, if the run has one."""
+    steps = result["parameters"].get("floor_staircase_steps")
+    if FLOOR_LONGPOLL.key not in result["systems"] or not steps:
+        return []
+    counts = ", ".join(f"{count:,}" for count in steps)
+    return [
+        "",
+        f"The floor climbs its own steps ({counts}) with long-poll clients. It holds each "
+        "poll in a sleeping task and answers 304 when the wait is up, so its figure is how "
+        "many open long polls the bare server holds within the limit.",
+    ]
 
 
 def _throughput_section(result: dict[str, Any]) -> list[str]:

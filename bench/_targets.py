@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from .scenarios.polling import P99_LIMIT_MS
+from .scenarios.polling import FLOOR_LONGPOLL, P99_LIMIT_MS
 
 # Target values (units in the names).
 THROUGHPUT_RATIO_MIN = 0.9
@@ -218,6 +218,9 @@ def _capacity(results: dict[str, Any], sizes: Any) -> Target:
     top = max(sizes.poll_steps)
     if fastapi >= top:
         notes.append(f"FastAPI reached the largest step tested ({top}); its limit is higher")
+    floor = median(results, "polling", FLOOR_LONGPOLL.key, "largest_clients_p99_ok")
+    if not math.isnan(floor):
+        notes.append(f"the bare floor held {floor:.0f} long polls")
     ratio = best / fastapi if fastapi else math.inf
     passed = ratio >= CAPACITY_RATIO_MIN and fastapi < top
     return Target("capacity", description, passed, f"{ratio:.2f}x", target, notes)

@@ -3,10 +3,11 @@
 A long poll (``GET /v1/download/status/{jobId}?wait=N`` whose
 ``If-None-Match`` names the current ETag) spends nearly all its life
 waiting. Held inside a Quart route, each waiting poll also keeps Quart's
-request, its contexts and its message task alive: about 60 more tracked
-objects (200 instead of 140, counted with 2,000 polls open), which every
-garbage collection walks while the whole process stops. With thousands of
-clients those pauses, not CPU, limit how many a process serves. So
+request, its contexts and its message task alive. That is about 60 more
+tracked objects per poll (200 instead of 140, counted with 2,000 polls
+open). Every garbage collection walks them while the whole process stops,
+and with thousands of clients those pauses, not CPU, limit how many a
+process serves. So
 ``LongPollLayer`` waits first, holding only the ASGI scope, one task that
 watches for the client leaving, and the engine's change event of
 the job. When the wait ends it passes the request on to Quart unchanged,
@@ -157,8 +158,8 @@ class LongPollLayer:
     def release(self) -> None:
         """End every hold now and hold no request from now on; call when the server stops.
 
-        Released polls are answered at once with the document as it is, so
-        that no client loses its connection without a response when the
+        Released polls get their response at once, from the document as it
+        is, so that no client loses its connection without a response when the
         server closes the connections still open after its grace period.
         Not a checkpoint.
         """
@@ -184,7 +185,7 @@ class LongPollLayer:
         read while waiting. Returns None once the client has disconnected,
         because no client is left to receive a response. Returns at once,
         without waiting, when the tag does not match or the job cannot be
-        read; the route then responds with the document or the problem.
+        read. The route then responds with the document or the problem.
         ``release`` also ends the wait. Cancellation propagates; the job
         never notices either way.
         """

@@ -39,3 +39,5 @@ def test_bench_smoke_runs_every_scenario() -> None:
     for key in SCENARIOS:
         assert f"scenario {key}: ok" in completed.stdout, output
     assert "PASS" in completed.stdout or "FAIL" in completed.stdout, output
+    # The floor's long-poll staircase ran, and its 50 held polls passed.
+    assert "staircase floor:longpoll: largest N with p99 < 100 ms = 50" in completed.stderr, output

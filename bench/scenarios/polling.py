@@ -25,6 +25,10 @@ Two measurements:
   plus a probe stream of plain polls at ``PROBE_RATE`` per second (the only
   immediate requests under long poll). The staircase stops at the first step
   whose p99 reaches ``P99_LIMIT_MS`` or whose error share exceeds 1%.
+- Floor staircase: the same climb with long-poll clients against the bare
+  ASGI floor, which holds each long poll in one sleeping task, over
+  ``poll_floor_steps``. It runs only where the product has long poll, and
+  shows how many open long polls the server itself holds within the limit.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import trio
 from .._http import HttpConnection, Response
 from .._load import RequestSpec, Tally, open_loop, send, start_spec
 from .._runner import Context, add_run, new_result
-from .._servers import FASTAPI, PRODUCT, SelfMeter, ServerProcess, System, product_settings
+from .._servers import FASTAPI, FLOOR, PRODUCT, SelfMeter, ServerProcess, System, product_settings
 from .._stats import latency_figures, percentile
 
 KEY = "polling"
@@ -108,6 +112,10 @@ class PollRecord:
         return self.window[0] <= response.finished_at - offset < self.window[1]
 
 
+# Staircase only: the floor's jobs never finish, so it has no efficiency runs.
+FLOOR_LONGPOLL = Variant(FLOOR, "longpoll")
+
+
 def variants(context: Context) -> list[Variant]:
     found = [Variant(PRODUCT, "plain")]
     if context.features.conditional:
@@ -130,6 +138,7 @@ def run(context: Context) -> dict[str, Any]:
             "efficiency_clients_per_variant": sizes.poll_clients,
             "efficiency_delay_ms": [sizes.poll_delay_min_ms, sizes.poll_delay_max_ms],
             "staircase_steps": list(sizes.poll_steps),
+            "floor_staircase_steps": list(sizes.poll_floor_steps),
             "staircase_window_seconds": sizes.poll_step_seconds,
             "p99_limit_ms": P99_LIMIT_MS,
             "probe_rate_per_second": PROBE_RATE,
@@ -175,19 +184,34 @@ def run(context: Context) -> dict[str, Any]:
                 f"{figures['server_cpu_per_job_ms']:.1f} ms CPU per job, "
                 f"{figures['status_requests_per_second']:.0f} status req/s"
             )
-            context.begin_run()
-            steps = _staircase(variant, staircase_settings, context)
-            context.end_run(figures)
-            passing = [step["clients"] for step in steps if step["passed"]]
-            figures["largest_clients_p99_ok"] = float(passing[-1]) if passing else 0.0
-            add_run(result, variant.key, variant.label, figures)
-            result["staircases"].setdefault(variant.key, []).append(steps)
-            context.echo(
-                f"  {KEY} staircase round {round_number + 1} {variant.key}: "
-                f"largest N with p99 < {P99_LIMIT_MS:g} ms = "
-                f"{figures['largest_clients_p99_ok']:.0f}"
+            _climb_and_record(
+                result, variant, staircase_settings, sizes.poll_steps, figures, context
             )
+        if context.features.longpoll:
+            _climb_and_record(result, FLOOR_LONGPOLL, {}, sizes.poll_floor_steps, {}, context)
     return result
+
+
+def _climb_and_record(
+    result: dict[str, Any],
+    variant: Variant,
+    settings: dict[str, str],
+    steps: tuple[int, ...],
+    figures: dict[str, Any],
+    context: Context,
+) -> None:
+    """Run one staircase of ``variant`` and add its figures to ``result`` as one run."""
+    context.begin_run()
+    climbed = _staircase(variant, settings, steps, context)
+    context.end_run(figures)
+    passing = [step["clients"] for step in climbed if step["passed"]]
+    figures["largest_clients_p99_ok"] = float(passing[-1]) if passing else 0.0
+    add_run(result, variant.key, variant.label, figures)
+    result["staircases"].setdefault(variant.key, []).append(climbed)
+    context.echo(
+        f"  {KEY} staircase {variant.key}: largest N with p99 < {P99_LIMIT_MS:g} ms = "
+        f"{figures['largest_clients_p99_ok']:.0f}"
+    )
 
 
 # -- efficiency --------------------------------------------------------------
@@ -421,29 +445,29 @@ def _staircase_seconds(steps: tuple[int, ...], window: float) -> float:
 
 
 def _staircase(
-    variant: Variant, settings: dict[str, str], context: Context
+    variant: Variant, settings: dict[str, str], steps: tuple[int, ...], context: Context
 ) -> list[dict[str, Any]]:
     server = ServerProcess(variant.system, settings)
     try:
         server.wait_until_ready()
-        return trio.run(_climb, variant, server, context)
+        return trio.run(_climb, variant, server, steps, context)
     finally:
         server.stop()
 
 
-async def _climb(variant: Variant, server: ServerProcess, context: Context) -> list[dict[str, Any]]:
+async def _climb(
+    variant: Variant, server: ServerProcess, client_counts: tuple[int, ...], context: Context
+) -> list[dict[str, Any]]:
     sizes = context.sizes
     record = PollRecord()
     stop = trio.Event()
     steps: list[dict[str, Any]] = []
-    give_up = (
-        trio.current_time() + _staircase_seconds(sizes.poll_steps, sizes.poll_step_seconds) + 60
-    )
+    give_up = trio.current_time() + _staircase_seconds(client_counts, sizes.poll_step_seconds) + 60
     rng = random.Random(4)
 
     async with trio.open_nursery() as nursery:
         clients = 0
-        for target in sizes.poll_steps:
+        for target in client_counts:
             added = target - clients
             ramp = _ramp_seconds(added)
             ramp_start = trio.current_time()
