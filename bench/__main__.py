@@ -191,6 +191,8 @@ def merge_into(
             "scenarios": sorted(results),
             "command": command_line(),
             "started_at": started_at.isoformat(timespec="seconds"),
+            # What the servers ran: each scenario notes the commit at its start.
+            "commit": ", ".join(sorted({str(result.get("commit")) for result in results.values()})),
             "wall_seconds": wall,
         }
     )

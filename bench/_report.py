@@ -302,7 +302,9 @@ def _setup_section(document: dict[str, Any]) -> list[str]:
         f"- Command: `{meta['command']}`",
         *(
             f"- Rerun later and merged: {', '.join(rerun['scenarios'])}, started "
-            f"{rerun['started_at']}, `{rerun['command']}`"
+            f"{rerun['started_at']}"
+            + (f" on commit {rerun['commit']}" if "commit" in rerun else "")
+            + f", `{rerun['command']}`"
             for rerun in meta.get("reruns", [])
         ),
         f"- Machine: {machine['cpu_model']}, {machine['logical_cores']} logical cores "

@@ -10,7 +10,7 @@ answers 202 and adds a document that never changes) and holds long polls:
 a status request with ``?wait=N`` whose ``If-None-Match`` names the
 document's ETag sleeps N seconds (at most 30), then answers 304. It does
 not watch for the client leaving. This shows how many open long polls the
-bare server holds while it still answers other requests quickly.
+bare server keeps open while it still responds to other requests quickly.
 
 Run: ``python -m bench.baselines.floor_asgi --port N`` (binds 127.0.0.1).
 """
@@ -53,7 +53,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     path: str = scope["path"]
     if path == START_PATH and scope["method"] == "POST":
-        # Read the body, or Hypercorn answers no later request on this connection.
+        # Read the body: Hypercorn 0.18 responds to no later request on a connection
+        # whose body was left unread.
         while (await receive()).get("more_body"):
             pass
         await _respond(send, 202, _start_job(), [])
@@ -87,7 +88,7 @@ def _start_job() -> bytes:
 
 
 def _wait_seconds(query_string: bytes) -> float:
-    """Return ``?wait=`` in seconds, at most ``MAX_WAIT_SECONDS``; 0 if absent or malformed."""
+    """Return ``?wait=`` in seconds, at most ``MAX_WAIT_SECONDS``, or 0 if missing or invalid."""
     values = urllib.parse.parse_qs(query_string.decode("latin-1")).get("wait", ["0"])
     try:
         seconds = float(values[0])
