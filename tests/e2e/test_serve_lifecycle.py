@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import trio
 
+from http_api._server import LISTEN_BACKLOG
+
 from .conftest import ServerProcess, run_command, stderr_lines
+
+SOMAXCONN = int(Path("/proc/sys/net/core/somaxconn").read_text())
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +72,20 @@ def test_serve_tunes_garbage_collector(start_server: StartServer) -> None:
     assert tuned is not None, server.log
     assert int(tuned.group(1)) > 10_000
     assert server.log.index("garbage collector tuned") < server.log.index("serving on")
+    assert stopped == 0, server.log
+
+
+def test_serve_listen_backlog(start_server: StartServer) -> None:
+    server = start_server()
+    port = urlsplit(server.base_url).port
+    # For a listening socket, ss reports the backlog in the Send-Q column.
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    stopped = server.stop(signal.SIGTERM)
+
+    assert listing[0] == "LISTEN", listing
+    assert int(listing[2]) == min(LISTEN_BACKLOG, SOMAXCONN), listing
     assert stopped == 0, server.log
 
 
