@@ -31,7 +31,7 @@ SCENARIOS: dict[str, ModuleType] = {
     module.KEY: module for module in (start_latency, polling, throughput, inflight, storm)
 }
 COUNT_KNOBS = frozenset(
-    {"poll_steps", "poll_floor_steps", "inflight_jobs", "inflight_harness_jobs"}
+    {"poll_steps", "poll_longpoll_steps", "inflight_jobs", "inflight_harness_jobs"}
 )
 
 

@@ -29,9 +29,9 @@ class Sizes:
     # p99 reaches the limit.
     poll_steps: tuple[int, ...]
     poll_step_seconds: float
-    # The same for the floor holding long polls, which shows how many open
-    # requests the bare server holds; it goes past the others' largest step.
-    poll_floor_steps: tuple[int, ...]
+    # The same for long-poll clients (the product's and the floor's), which
+    # go past the others' largest step.
+    poll_longpoll_steps: tuple[int, ...]
     # Seconds the long-poll client asks the server to wait (?wait=N).
     longpoll_wait: int
     # 3. Status throughput: closed-loop connections on one job's status.
@@ -62,7 +62,7 @@ FULL = Sizes(
     poll_delay_max_ms=40_000,
     poll_steps=(1000, 2000, 3000, 4000, 5000),
     poll_step_seconds=3.0,
-    poll_floor_steps=(1000, 2000, 3000, 4000, 5000, 7500, 10_000, 12_500, 15_000),
+    poll_longpoll_steps=(1000, 2000, 3000, 4000, 5000, 7500, 10_000, 12_500, 15_000),
     longpoll_wait=20,
     throughput_connections=50,
     throughput_seconds=5.0,
@@ -87,7 +87,7 @@ QUICK = dataclasses.replace(
     poll_delay_max_ms=5000,
     poll_steps=(200, 500),
     poll_step_seconds=1.0,
-    poll_floor_steps=(200, 500, 1000),
+    poll_longpoll_steps=(200, 500, 1000),
     throughput_connections=50,
     throughput_seconds=1.0,
     throughput_wrk_runs=1,
@@ -111,7 +111,7 @@ SMOKE = dataclasses.replace(
     poll_delay_max_ms=600,
     poll_steps=(50,),
     poll_step_seconds=0.5,
-    poll_floor_steps=(50,),
+    poll_longpoll_steps=(50,),
     throughput_seconds=0.3,
     throughput_wrk_runs=0,
     inflight_jobs=(200,),
@@ -136,7 +136,7 @@ HELP = {
     "poll_delay_max_ms": "longest job delay in the efficiency runs (ms)",
     "poll_steps": "comma-separated client counts of the capacity staircase",
     "poll_step_seconds": "measuring window of each staircase step (s)",
-    "poll_floor_steps": "comma-separated client counts of the floor's long-poll staircase",
+    "poll_longpoll_steps": "comma-separated client counts of the long-poll staircases",
     "longpoll_wait": "seconds the long-poll client asks to wait (?wait=N)",
     "throughput_connections": "closed-loop connections",
     "throughput_seconds": "measuring window per run (s), after a warm-up",

@@ -447,7 +447,7 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
         f"measures the p99 of immediate status requests (the clients' polls plus "
         f"{parameters['probe_rate_per_second']:g} probe polls per second). The largest step with "
         f"p99 < {parameters['p99_limit_ms']:g} ms and under 1% errors counts.",
-        *_floor_staircase_text(result),
+        *_longpoll_staircase_text(result),
         "",
         *table(
             result,
@@ -480,18 +480,20 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _floor_staircase_text(result: dict[str, Any]) -> list[str]:
-    """Describe the floor's long-poll staircase, if the run has one."""
-    steps = result["parameters"].get("floor_staircase_steps")
-    if FLOOR_LONGPOLL.key not in result["systems"] or not steps:
+def _longpoll_staircase_text(result: dict[str, Any]) -> list[str]:
+    """Describe the long-poll staircases' own steps, and the floor's, if the run has them."""
+    steps = result["parameters"].get("longpoll_staircase_steps")
+    if not steps:
         return []
     counts = ", ".join(f"{count:,}" for count in steps)
-    return [
-        "",
-        f"The floor climbs its own steps ({counts}) with long-poll clients. It holds each "
-        "poll in a sleeping task and answers 304 when the wait is up, so its figure is how "
-        "many open long polls the bare server holds within the limit.",
-    ]
+    lines = ["", f"Long-poll clients climb further, in steps of {counts}."]
+    if FLOOR_LONGPOLL.key in result["systems"]:
+        lines[-1] += (
+            " The floor runs them too: it holds each poll in a sleeping task and answers 304 "
+            "when the wait is up, so its figure is how many open long polls the bare server "
+            "keeps within the limit."
+        )
+    return lines
 
 
 def _throughput_section(result: dict[str, Any]) -> list[str]:

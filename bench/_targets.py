@@ -215,7 +215,7 @@ def _capacity(results: dict[str, Any], sizes: Any) -> Target:
 
     mode, best = max(measured.items(), key=lambda item: item[1])
     notes = [f"{mode}: {best:.0f} vs FastAPI plain {fastapi:.0f} clients"]
-    top = max(sizes.poll_steps)
+    top = max(sizes.poll_steps)  # FastAPI climbs the plain staircase
     if fastapi >= top:
         notes.append(f"FastAPI reached the largest step tested ({top}); its limit is higher")
     floor = median(results, "polling", FLOOR_LONGPOLL.key, "largest_clients_p99_ok")

@@ -25,10 +25,11 @@ Two measurements:
   plus a probe stream of plain polls at ``PROBE_RATE`` per second (the only
   immediate requests under long poll). The staircase stops at the first step
   whose p99 reaches ``P99_LIMIT_MS`` or whose error share exceeds 1%.
-- Floor staircase: the same climb with long-poll clients against the bare
-  ASGI floor, which holds each long poll in one sleeping task, over
-  ``poll_floor_steps``. It runs only where the product has long poll, and
-  shows how many open long polls the server itself holds within the limit.
+- Long-poll staircases climb further, over ``poll_longpoll_steps``: the
+  product's long-poll variant, and the same clients against the bare ASGI
+  floor, which holds each long poll in one sleeping task. The floor runs
+  only where the product has long poll, and shows how many open long polls
+  the server itself keeps within the limit.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def run(context: Context) -> dict[str, Any]:
             "efficiency_clients_per_variant": sizes.poll_clients,
             "efficiency_delay_ms": [sizes.poll_delay_min_ms, sizes.poll_delay_max_ms],
             "staircase_steps": list(sizes.poll_steps),
-            "floor_staircase_steps": list(sizes.poll_floor_steps),
+            "longpoll_staircase_steps": list(sizes.poll_longpoll_steps),
             "staircase_window_seconds": sizes.poll_step_seconds,
             "p99_limit_ms": P99_LIMIT_MS,
             "probe_rate_per_second": PROBE_RATE,
@@ -156,10 +157,11 @@ def run(context: Context) -> dict[str, Any]:
         DOWNLOAD_DELAY_MAX_MS=str(sizes.poll_delay_max_ms),
         JOB_TIMEOUT_MS=str(sizes.poll_delay_max_ms + 120_000),
     )
-    staircase_seconds = _staircase_seconds(sizes.poll_steps, sizes.poll_step_seconds)
+    longest = max(sizes.poll_steps, sizes.poll_longpoll_steps, key=max)
+    staircase_seconds = _staircase_seconds(longest, sizes.poll_step_seconds)
     staircase_delay_ms = int((staircase_seconds + 60) * 1000)
     staircase_settings = product_settings(
-        max(sizes.poll_steps),
+        max(longest),
         DOWNLOAD_DELAY_MIN_MS=str(staircase_delay_ms),
         DOWNLOAD_DELAY_MAX_MS=str(staircase_delay_ms + 60_000),
         JOB_TIMEOUT_MS=str(staircase_delay_ms + 120_000),
@@ -184,11 +186,10 @@ def run(context: Context) -> dict[str, Any]:
                 f"{figures['server_cpu_per_job_ms']:.1f} ms CPU per job, "
                 f"{figures['status_requests_per_second']:.0f} status req/s"
             )
-            _climb_and_record(
-                result, variant, staircase_settings, sizes.poll_steps, figures, context
-            )
+            steps = sizes.poll_longpoll_steps if variant.mode == "longpoll" else sizes.poll_steps
+            _climb_and_record(result, variant, staircase_settings, steps, figures, context)
         if context.features.longpoll:
-            _climb_and_record(result, FLOOR_LONGPOLL, {}, sizes.poll_floor_steps, {}, context)
+            _climb_and_record(result, FLOOR_LONGPOLL, {}, sizes.poll_longpoll_steps, {}, context)
     return result
 
 
