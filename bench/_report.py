@@ -482,18 +482,22 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
 
 def _longpoll_staircase_text(result: dict[str, Any]) -> list[str]:
     """Describe the long-poll staircases' own steps, and the floor's, if the run has them."""
-    steps = result["parameters"].get("longpoll_staircase_steps")
-    if not steps:
+    parameters = result["parameters"]
+    floor = FLOOR_LONGPOLL.key in result["systems"]
+    floor_text = (
+        " The floor holds each poll in a sleeping task and answers 304 when the wait is up, "
+        "so its figure is how many open long polls the bare server keeps within the limit."
+    )
+    if "longpoll_staircase_steps" in parameters:
+        counts = ", ".join(f"{count:,}" for count in parameters["longpoll_staircase_steps"])
+        text = f"Long-poll clients, the product's and the floor's, climb further: {counts}."
+    elif floor and "floor_staircase_steps" in parameters:
+        # Results saved when only the floor climbed further.
+        counts = ", ".join(f"{count:,}" for count in parameters["floor_staircase_steps"])
+        text = f"The floor's long-poll clients climb further: {counts}."
+    else:
         return []
-    counts = ", ".join(f"{count:,}" for count in steps)
-    lines = ["", f"Long-poll clients climb further, in steps of {counts}."]
-    if FLOOR_LONGPOLL.key in result["systems"]:
-        lines[-1] += (
-            " The floor runs them too: it holds each poll in a sleeping task and answers 304 "
-            "when the wait is up, so its figure is how many open long polls the bare server "
-            "keeps within the limit."
-        )
-    return lines
+    return ["", text + (floor_text if floor else "")]
 
 
 def _throughput_section(result: dict[str, Any]) -> list[str]:

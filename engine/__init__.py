@@ -29,10 +29,7 @@ from ._errors import (
     SupervisorClosed as SupervisorClosed,
     TransientSourceError as TransientSourceError,
 )
-from ._gc import (
-    collect_on_schedule as collect_on_schedule,
-    tune_garbage_collector as tune_garbage_collector,
-)
+from ._gc import tune_garbage_collector as tune_garbage_collector
 from ._progress import ProgressReporter as ProgressReporter, ProgressSlot as ProgressSlot
 from ._settings import (
     MAX_MILLISECONDS as MAX_MILLISECONDS,
@@ -90,7 +87,6 @@ __all__ = [
     "TransientSourceError",
     "archive_size",
     "build_archive",
-    "collect_on_schedule",
     "content_size",
     "open_supervisor",
     "read_bool",

@@ -12,7 +12,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from quart import Quart
 
-from engine import JobClient, SupervisorClosed, collect_on_schedule, tune_garbage_collector
+from engine import JobClient, SupervisorClosed, tune_garbage_collector
 
 from ._app import create_app
 from ._context import CLIENT_KEY, LONG_POLLS_KEY
@@ -112,7 +112,6 @@ async def serve(
                     functools.partial(hypercorn_serve, app, config, shutdown_trigger=stop_serving)
                 )
                 tune_garbage_collector()
-                await nursery.start(collect_on_schedule)
                 for bind in binds:
                     logger.info("serving on %s", bind)
                 task_status.started(binds)

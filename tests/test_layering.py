@@ -109,7 +109,6 @@ def test_engine_exports_pinned_names():
         "content_size",
         "open_supervisor",
         "tune_garbage_collector",
-        "collect_on_schedule",
         "read_bool",
         "read_int",
         "utc_now",

@@ -1,19 +1,11 @@
-"""Tests of the collector settings: ``tune_garbage_collector`` and ``collect_on_schedule``.
-
-``tune_garbage_collector`` runs in a child process, so this one keeps its settings.
-"""
+"""Tests of ``engine.tune_garbage_collector``, in a child process so this one keeps its settings."""
 
 from __future__ import annotations
 
-import functools
-import gc
 import json
 import subprocess
 import sys
 
-import trio
-
-from engine import collect_on_schedule
 from engine._gc import YOUNG_GENERATION_THRESHOLD
 
 PROBE = """
@@ -50,36 +42,3 @@ def test_tune_freezes_and_raises_threshold():
     # Garbage made after the freeze is still collected.
     assert isinstance(result["collected"], int)
     assert result["collected"] >= 1
-
-
-async def test_schedule_collects_by_timetable(autojump_clock, monkeypatch):
-    collected: list[tuple[float, int]] = []
-
-    def record(generation: int = 2) -> int:
-        collected.append((trio.current_time(), generation))
-        return 0
-
-    monkeypatch.setattr(gc, "collect", record)
-    start = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            functools.partial(collect_on_schedule, young_period=1, middle_every=3, full_period=7.5)
-        )
-        disabled_while_running = not gc.isenabled()
-        await trio.sleep(10.5)
-        nursery.cancel_scope.cancel()
-
-    assert disabled_while_running
-    assert gc.isenabled()
-    assert [(time - start, generation) for time, generation in collected] == [
-        (1, 0),
-        (2, 0),
-        (3, 1),
-        (4, 0),
-        (5, 0),
-        (6, 1),
-        (7, 0),
-        (8, 2),  # the first round at or after 7.5 s
-        (9, 1),
-        (10, 0),
-    ]
