@@ -37,12 +37,11 @@ from hypercorn.typing import (
     HTTPScope,
     Scope,
 )
-from werkzeug.http import parse_etags
 
 from engine import EngineError, JobClient, JobSnapshot
 
 from ._problems import Problem
-from ._render import encode_document, render_snapshot
+from ._render import encode_document, parse_tag_lines, render_snapshot
 
 logger = logging.getLogger("http_api")
 
@@ -99,7 +98,7 @@ class LongPoll:
         """Return the long poll that ``scope`` requests, or None if it is not one to hold.
 
         Reads the request the way the status route does: the first ``wait``
-        in the query, the first ``If-None-Match`` line. A request with a
+        in the query, and every ``If-None-Match`` line as one list of tags. A request with a
         ``wait`` the route rejects is not held, so the route rejects it at once.
         """
         if scope["method"] not in ("GET", "HEAD"):
@@ -124,7 +123,8 @@ class LongPoll:
             return None
         if seconds <= 0:
             return None
-        return cls(match.group(1).lower(), seconds, tags[0].decode("latin-1"))
+        if_none_match = ", ".join(tag.decode("latin-1") for tag in tags)
+        return cls(match.group(1).lower(), seconds, if_none_match)
 
 
 class LongPollLayer:
@@ -195,7 +195,7 @@ class LongPollLayer:
         except EngineError:
             return receive
         _, etag = encode_document(render_snapshot(snapshot))
-        if self._released or not parse_etags(poll.if_none_match).contains_weak(etag):
+        if self._released or not parse_tag_lines([poll.if_none_match]).contains_weak(etag):
             return receive
 
         state = (snapshot.status, snapshot.attempt)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from quart import Response
+from werkzeug.datastructures import ETags
+from werkzeug.http import parse_etags
 
 from engine import JobSnapshot, JobStatus
 
@@ -76,6 +79,15 @@ def encode_document(document: dict[str, Any]) -> tuple[bytes, str]:
     """
     body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
     return body, hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+def parse_tag_lines(lines: Sequence[str]) -> ETags:
+    """Parse every line of an ``If-Match`` or ``If-None-Match`` header as one list of tags.
+
+    RFC 9110 section 5.3 reads repeated lines of a list header as one
+    comma-separated value, so a tag on the second line counts too.
+    """
+    return parse_etags(", ".join(lines))
 
 
 def not_modified() -> Response:

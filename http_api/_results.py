@@ -37,14 +37,14 @@ import trio
 from quart import Blueprint, Response, request
 from quart.wrappers.response import ResponseBody
 from quart_schema import document_headers
-from werkzeug.http import http_date, parse_date, parse_etags
+from werkzeug.http import http_date, parse_date
 
 from engine import ResultFile
 
 from ._context import current_jobs
 from ._openapi import operation, responds
 from ._problems import Problem
-from ._render import not_modified
+from ._render import not_modified, parse_tag_lines
 from ._schemas import (
     NoBody,
     PartialResultHeaders,
@@ -185,10 +185,10 @@ def _evaluate_preconditions(validators: Validators) -> bool:
     etag = validators.etag.strip('"')
     last_modified = http_date(validators.last_modified)
 
-    if_match = request.headers.get("If-Match")
-    if if_match is not None:
+    if_match = request.headers.getlist("If-Match")
+    if if_match:
         # Strong comparison: a weak tag never matches.
-        if not parse_etags(if_match).contains(etag):
+        if not parse_tag_lines(if_match).contains(etag):
             raise _precondition_failed(
                 f"If-Match does not contain the result's ETag {validators.etag}"
             )
@@ -199,10 +199,10 @@ def _evaluate_preconditions(validators: Validators) -> bool:
                 f"the result was last modified at {last_modified}, after If-Unmodified-Since"
             )
 
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match is not None:
+    if_none_match = request.headers.getlist("If-None-Match")
+    if if_none_match:
         # Weak comparison, so W/"<sha256>" also matches.
-        return parse_etags(if_none_match).contains_weak(etag)
+        return parse_tag_lines(if_none_match).contains_weak(etag)
     modified_since = request.if_modified_since
     return modified_since is not None and validators.last_modified <= modified_since
 

@@ -17,7 +17,14 @@ from ._context import current_jobs, current_settings
 from ._longpoll import parse_wait
 from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
 from ._problems import Problem
-from ._render import encode_document, not_modified, render_snapshot, result_path, status_path
+from ._render import (
+    encode_document,
+    not_modified,
+    parse_tag_lines,
+    render_snapshot,
+    result_path,
+    status_path,
+)
 from ._schemas import (
     AcceptedHeaders,
     BulkJobAccepted,
@@ -336,7 +343,7 @@ async def download_status(job_id: str) -> Response:
 
     # If-None-Match uses the weak comparison (RFC 9110 section 13.1.2), so a
     # tag that a proxy marked weak, W/"...", still matches.
-    if request.if_none_match.contains_weak(etag):
+    if parse_tag_lines(request.headers.getlist("If-None-Match")).contains_weak(etag):
         response = not_modified()
     else:
         response = Response(body, content_type="application/json")

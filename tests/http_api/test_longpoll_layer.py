@@ -53,13 +53,13 @@ def test_wait_capped_and_first_value_used():
     assert poll.seconds == MAX_WAIT_SECONDS
 
 
-def test_first_if_none_match_line_used():
+def test_if_none_match_lines_joined():
     headers = [(b"if-none-match", b'"first"'), (b"if-none-match", b'"second"')]
 
     poll = LongPoll.from_scope(scope(headers=headers))
 
     assert poll is not None
-    assert poll.if_none_match == '"first"'
+    assert poll.if_none_match == '"first", "second"'
 
 
 def test_percent_encoded_wait_decoded():

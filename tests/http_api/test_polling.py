@@ -20,6 +20,7 @@ import trio.testing
 from quart.typing import TestClientProtocol as QuartTestClient
 from quart.wrappers import Response
 from sources import StallSource
+from werkzeug.datastructures import Headers
 
 import http_api._app as app_module
 from engine import (
@@ -345,6 +346,23 @@ async def test_304_for_done_job(autojump_clock, open_client):
     assert finished["status"] == "done"
     assert response.status_code == 304
     assert response.headers["ETag"] == etag
+
+
+async def test_tag_on_second_line_gets_304(autojump_clock, open_client):
+    # RFC 9110 reads two If-None-Match lines as one list.
+    async with open_client(**fixed_delay(20)) as client:
+        job_id = await start(client)
+        etag = await current_tag(client, job_id)
+        headers = Headers([("If-None-Match", '"stale"'), ("If-None-Match", etag)])
+        response = await client.get(f"/v1/download/status/{job_id}", headers=headers)
+        held = await client.get(
+            f"/v1/download/status/{job_id}", query_string={"wait": "0.5"}, headers=headers
+        )
+        finished = await finish(client, job_id)
+
+    assert response.status_code == 304
+    assert held.status_code == 304
+    assert finished["status"] == "done"
 
 
 async def test_stale_tag_gets_200(autojump_clock, open_client):
