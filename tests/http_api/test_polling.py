@@ -56,7 +56,7 @@ OpenClient = Callable[..., AbstractAsyncContextManager[QuartTestClient]]
 # -- test sources -------------------------------------------------------------
 
 
-class FlakySource:
+class FlakySource(StallSource):
     """A source whose first attempt fails transiently after ``fail_after`` seconds, with no
     progress, and whose later attempts stall."""
 
@@ -74,15 +74,8 @@ class FlakySource:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def check(self, file_id: int) -> int | None:
-        await trio.lowlevel.checkpoint()
-        return None
 
-    async def check_health(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-
-class PiecewiseSource:
+class PiecewiseSource(StallSource):
     """A source that reports half its progress with ``set_fraction`` after ``after`` seconds,
     then stalls, like a transfer that learns its progress from received bytes."""
 
@@ -96,13 +89,6 @@ class PiecewiseSource:
         progress.set_fraction(0.5)
         await trio.sleep_forever()
         raise AssertionError("unreachable")
-
-    async def check(self, file_id: int) -> int | None:
-        await trio.lowlevel.checkpoint()
-        return None
-
-    async def check_health(self) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 # -- fixtures and helpers -----------------------------------------------------
