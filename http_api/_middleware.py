@@ -90,8 +90,8 @@ class CorsPolicy:
         response.headers.add("Access-Control-Expose-Headers", EXPOSED_HEADERS)
 
 
-# Where ``RateLimits.count`` leaves its verdict in the ASGI scope, so that a
-# request the long-poll layer counted before holding it is not counted again.
+# Scope key of the verdict of ``RateLimits._count``, so that a request the
+# long-poll layer counted before holding it is not counted again.
 _COUNTED_KEY = "download_jobs.rate_limit"
 
 

@@ -331,7 +331,7 @@ async def download_status(job_id: str) -> Response:
     ``?wait=N`` is validated here, and held before this route runs: a long
     poll whose tag is current reaches it only when the job's status or
     attempt changed, or when its N seconds (at most ``MAX_WAIT_SECONDS``)
-    are up (see ``LongPollLayer``). So this route always answers at once,
+    are up (see ``LongPollLayer``). So this route always responds at once,
     from the document as it is now. Progress and queue position alone do not
     end a wait. A client sets how often it receives them by its choice of N,
     and a job that moves through twenty progress steps costs one response

@@ -97,8 +97,9 @@ async def serve(
     long_polls: LongPollLayer = app.extensions[LONG_POLLS_KEY]
 
     async def stop_serving() -> None:
-        # Answer held long polls before Hypercorn closes what is still open
-        # after its graceful timeout: on a finished job they would wait 30 s.
+        # Release held long polls so they get a response before Hypercorn closes
+        # what is still open after its graceful timeout. On a finished job they
+        # would otherwise wait the full 30 s.
         await drained.wait()
         long_polls.release()
 

@@ -1,6 +1,6 @@
 """Tests of which requests the long-poll layer holds, read straight from ASGI scopes.
 
-What a held request answers, and when, is tested through the app in
+What a held request returns, and when, is tested through the app in
 test_polling.py and test_rate_limit.py, and over real sockets in
 tests/e2e/test_longpoll_e2e.py.
 """
@@ -89,7 +89,7 @@ def test_percent_encoded_wait_decoded():
     ],
 )
 def test_passed_through_unheld(request_scope):
-    # The route answers each of these at once: with a document, 304 or a problem.
+    # The route responds to each of these at once, with a document, 304 or a problem.
     assert LongPoll.from_scope(request_scope) is None
 
 

@@ -689,7 +689,7 @@ async def test_cancelled_poll_task_leaves_job(autojump_clock, open_client):
 @pytest.mark.parametrize(
     ("body", "status", "held_seconds"),
     [
-        # Progress moves 25% in the 5 s of the hold, so the answer is 200.
+        # Progress moves 25% in the 5 s of the hold, so the response is 200.
         pytest.param(b"hello", 200, 5, id="held"),
         # A body over the limit ends the hold, so the tag still matches.
         pytest.param(b"x" * (MAX_BODY_BYTES + 1), 304, 0, id="over-limit-not-held"),
