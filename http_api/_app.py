@@ -12,14 +12,14 @@ from werkzeug.routing import BaseConverter
 
 from engine import EngineError, JobClient, Supervisor
 
-from ._context import CLIENT_KEY, LONG_POLLS_KEY, SETTINGS_KEY
-from ._longpoll import JOB_ID_REGEX, LongPollLayer
+from ._context import CLIENT_KEY, SETTINGS_KEY, STATUS_LAYER_KEY
 from ._middleware import install_middleware
 from ._openapi import install_openapi
 from ._problems import Problem, problem_from_engine_error
 from ._results import results
 from ._routes import routes
 from ._settings import Settings
+from ._status_layer import JOB_ID_REGEX, StatusLayer
 
 logger = logging.getLogger("http_api")
 
@@ -67,18 +67,20 @@ def create_app(settings: Settings) -> Quart:
     app.url_map.converters["job_id"] = JobIdConverter
     app.register_blueprint(routes)
     app.register_blueprint(results)
-    limits = install_middleware(app, settings)
+    common_headers = install_middleware(app, settings)
+    limits = common_headers.limits
     _register_error_handlers(app)
     # Quart's documented way to add ASGI middleware. The layer reads the client
     # per request because the supervisor starts after the app is built.
-    long_polls = LongPollLayer(
+    status_layer = StatusLayer(
         app.asgi_app,
         lambda: app.extensions[CLIENT_KEY],
+        common_headers.for_scope,
         None if limits is None else limits.admit,
         max_body_bytes=settings.max_body_bytes,
     )
-    app.asgi_app = long_polls  # type: ignore[method-assign]
-    app.extensions[LONG_POLLS_KEY] = long_polls
+    app.asgi_app = status_layer  # type: ignore[method-assign]
+    app.extensions[STATUS_LAYER_KEY] = status_layer
 
     app.extensions[SETTINGS_KEY] = settings
     supervisor = Supervisor(settings.engine)

@@ -10,7 +10,7 @@ from ._settings import Settings
 
 CLIENT_KEY = "download_jobs.client"
 SETTINGS_KEY = "download_jobs.settings"
-LONG_POLLS_KEY = "download_jobs.long_polls"
+STATUS_LAYER_KEY = "download_jobs.status_layer"
 
 
 def current_jobs() -> JobClient:

@@ -22,7 +22,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ._problems import Problem
 from ._ratelimit import FixedWindowLimiter, Quota, client_key
-from ._request_id import REQUEST_ID_HEADER, REQUEST_ID_LOG_FILTER, current_request_id
+from ._request_id import (
+    REQUEST_ID_HEADER,
+    REQUEST_ID_LOG_FILTER,
+    current_request_id,
+    first_header_value,
+    request_id_of,
+)
 from ._settings import ANY_ORIGIN, Settings, normalize_origin
 
 logger = logging.getLogger("http_api")
@@ -79,19 +85,30 @@ class CorsPolicy:
     def apply(self, response: Response, origin: str | None) -> None:
         """Add the CORS headers for a request from ``origin`` to ``response``."""
         if not self.any_origin:
-            # With a list, the response depends on the Origin header, so shared
-            # caches must not reuse one origin's response for another, nor a
-            # response to a request without Origin for a browser.
             response.vary.add("Origin")
+        response.headers.extend(self._grant(origin))
+
+    def headers(self, origin: str | None) -> list[tuple[str, str]]:
+        """Return the CORS headers for a request from ``origin``, ``Vary`` included."""
+        vary = [] if self.any_origin else [("Vary", "Origin")]
+        return vary + self._grant(origin)
+
+    def _grant(self, origin: str | None) -> list[tuple[str, str]]:
+        # With a list of origins, the response depends on the Origin header,
+        # so a response also varies by it (added by the callers): shared caches
+        # must not reuse one origin's response for another, nor a response to a
+        # request without Origin for a browser.
         allowed = self.allow_origin(origin)
         if allowed is None:
-            return
-        response.headers.add("Access-Control-Allow-Origin", allowed)
-        response.headers.add("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+            return []
+        return [
+            ("Access-Control-Allow-Origin", allowed),
+            ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+        ]
 
 
-# Scope key of the verdict of ``RateLimits._count``, so that a request the
-# long-poll layer counted before holding it is not counted again.
+# Scope key of the verdict of ``RateLimits._count``, so that a status read
+# that the status layer counted and passed on to Quart is not counted again.
 _COUNTED_KEY = "download_jobs.rate_limit"
 
 
@@ -114,6 +131,10 @@ class RateLimits:
     def admit(self, scope: HTTPScope) -> bool:
         """Count the request of ``scope`` in its budget; return whether it is within it."""
         return self._count(scope).quota.allowed
+
+    def headers(self, scope: HTTPScope) -> list[tuple[str, str]]:
+        """Return the RateLimit-* headers for the request of ``scope``, counting it if not yet."""
+        return _quota_headers(self._count(scope).quota)
 
     def _count(self, scope: HTTPScope, *, preflight: bool = False) -> _Counted:
         """Count the request of ``scope`` once, however often this is called.
@@ -150,9 +171,7 @@ class RateLimits:
 
         @after_this_request
         async def add_rate_limit_headers(response: ResponseTypes) -> ResponseTypes:
-            response.headers["RateLimit-Limit"] = str(quota.limit)
-            response.headers["RateLimit-Remaining"] = str(quota.remaining)
-            response.headers["RateLimit-Reset"] = quota.reset_header
+            response.headers.update(_quota_headers(quota))
             return response
 
         if quota.allowed:
@@ -178,6 +197,35 @@ class RateLimits:
         )
 
 
+def _quota_headers(quota: Quota) -> list[tuple[str, str]]:
+    return [
+        ("RateLimit-Limit", str(quota.limit)),
+        ("RateLimit-Remaining", str(quota.remaining)),
+        ("RateLimit-Reset", quota.reset_header),
+    ]
+
+
+class CommonHeaders:
+    """The headers the app adds to every response: rate limit, request id, security and CORS."""
+
+    def __init__(self, cors: CorsPolicy, limits: RateLimits | None) -> None:
+        self.cors = cors
+        self.limits = limits
+
+    def for_scope(self, scope: HTTPScope) -> list[tuple[str, str]]:
+        """Return them for a response to the request of ``scope`` written outside Quart.
+
+        In the order in which Quart's hooks add them. The rate-limit headers
+        report the verdict that ``RateLimits.admit`` recorded for the request.
+        """
+        headers = [] if self.limits is None else self.limits.headers(scope)
+        headers.append((REQUEST_ID_HEADER, request_id_of(scope)))
+        headers.extend(SECURITY_HEADERS.items())
+        origin = first_header_value(scope, b"origin")
+        headers.extend(self.cors.headers(origin))
+        return headers
+
+
 def _is_preflight() -> bool:
     return (
         request.method == "OPTIONS"
@@ -186,10 +234,11 @@ def _is_preflight() -> bool:
     )
 
 
-def install_middleware(app: Quart, settings: Settings) -> RateLimits | None:
+def install_middleware(app: Quart, settings: Settings) -> CommonHeaders:
     """Register the hooks that add common headers, handle preflights and limit request rates.
 
-    Returns the rate limits, or None when rate limiting is off.
+    Returns the same headers and the rate limits (None when rate limiting is
+    off) for responses written outside Quart.
     """
     cors = CorsPolicy(settings.cors_origins)
     limits = RateLimits(settings) if settings.rate_limit_enabled else None
@@ -234,7 +283,7 @@ def install_middleware(app: Quart, settings: Settings) -> RateLimits | None:
                 response.headers["Connection"] = "close"
         return response
 
-    return limits
+    return CommonHeaders(cors, limits)
 
 
 def _may_have_unread_body() -> bool:

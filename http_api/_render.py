@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,6 +15,13 @@ from werkzeug.datastructures import ETags
 from werkzeug.http import parse_etags
 
 from engine import JobSnapshot, JobStatus
+
+# The client polls status about this often while a job runs, unless the
+# engine can estimate its next change (seconds).
+POLL_INTERVAL_SECONDS = 2
+# Bounds of the Retry-After of a status response (seconds).
+MIN_RETRY_AFTER_SECONDS = 1
+MAX_RETRY_AFTER_SECONDS = 10
 
 
 def status_path(job_id: str) -> str:
@@ -100,3 +109,43 @@ def not_modified() -> Response:
     del response.headers["Content-Type"]
     del response.headers["Content-Length"]
     return response
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatusReply:
+    """A successful response to a status read, without the headers that every response carries.
+
+    ``status`` is 200 with the document as ``body``, or 304 with an empty
+    body when one of the client's ``If-None-Match`` tags names the current
+    ETag. ``headers`` hold the entity and caching headers, in order. The
+    status route and ``StatusLayer`` both answer from it, so the two paths
+    cannot drift apart.
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @classmethod
+    def of(cls, snapshot: JobSnapshot, if_none_match: Sequence[str]) -> StatusReply:
+        """Return the reply to a read of ``snapshot`` with these ``If-None-Match`` lines."""
+        body, etag = encode_document(render_snapshot(snapshot))
+        # If-None-Match uses the weak comparison (RFC 9110 section 13.1.2), so a
+        # tag that a proxy marked weak, W/"...", still matches.
+        if parse_tag_lines(if_none_match).contains_weak(etag):
+            status, headers, body = 304, [], b""
+        else:
+            status = 200
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        headers += [("ETag", f'"{etag}"'), ("Cache-Control", "no-cache")]
+        if not snapshot.status.is_terminal:
+            headers.append(("Retry-After", str(retry_after_seconds(snapshot))))
+        return cls(status, headers, body)
+
+
+def retry_after_seconds(snapshot: JobSnapshot) -> int:
+    """Return when polling again is worth it: the next expected change, within 1-10 s."""
+    estimate = snapshot.next_change_seconds
+    if estimate is None:
+        return POLL_INTERVAL_SECONDS
+    return int(min(max(math.ceil(estimate), MIN_RETRY_AFTER_SECONDS), MAX_RETRY_AFTER_SECONDS))

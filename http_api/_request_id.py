@@ -12,6 +12,7 @@ import logging
 import uuid
 from typing import Any, cast
 
+from hypercorn.typing import HTTPScope
 from quart import has_request_context, request
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -29,20 +30,39 @@ def is_valid_request_id(value: str) -> bool:
     return all("!" <= character <= "~" for character in value)
 
 
-def current_request_id() -> str | None:
-    """Return the id of the request being handled, or None outside a request.
+def first_header_value(scope: HTTPScope, name: bytes) -> str | None:
+    """Return the first ``name`` line of the request of ``scope`` as Quart reads it, or None.
 
-    The first call of a request picks the id and later calls return the same one.
+    ``name`` is lowercase, as ASGI servers pass header names.
     """
+    for header, value in scope["headers"]:
+        if header == name:
+            return value.decode("latin-1")
+    return None
+
+
+def request_id_of(scope: HTTPScope) -> str:
+    """Return the id of the request of ``scope``.
+
+    The first call for a request picks the id: the first ``X-Request-ID``
+    line if it is valid, else a new UUID4. Later calls return the same id,
+    inside Quart or not.
+    """
+    # The id is kept in the scope, which the ASGI types do not declare.
+    stash = cast(dict[str, Any], scope)
+    request_id: str | None = stash.get(_SCOPE_KEY)
+    if request_id is None:
+        offered = first_header_value(scope, b"x-request-id") or ""
+        request_id = offered if is_valid_request_id(offered) else str(uuid.uuid4())
+        stash[_SCOPE_KEY] = request_id
+    return request_id
+
+
+def current_request_id() -> str | None:
+    """Return the id of the request being handled, or None outside a request."""
     if not has_request_context():
         return None
-    scope = cast(dict[str, Any], request.scope)
-    request_id: str | None = scope.get(_SCOPE_KEY)
-    if request_id is None:
-        offered = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = offered if is_valid_request_id(offered) else str(uuid.uuid4())
-        scope[_SCOPE_KEY] = request_id
-    return request_id
+    return request_id_of(cast(HTTPScope, request.scope))
 
 
 class RequestIdLogFilter(logging.Filter):

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_headers, document_querystring, document_request
 
-from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobSnapshot, JobStatus, SourceError
+from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobStatus, SourceError
 
 from ._body import CheckRequest, InitiateRequest, StartRequest, read_json_body
 from ._context import current_jobs, current_settings
-from ._longpoll import parse_wait
 from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
 from ._problems import Problem
 from ._render import (
-    encode_document,
+    POLL_INTERVAL_SECONDS,
+    StatusReply,
     not_modified,
-    parse_tag_lines,
     render_snapshot,
     result_path,
     status_path,
@@ -44,15 +42,10 @@ from ._schemas import (
     UnhealthyReport,
     UnsupportedMediaTypeHeaders,
 )
+from ._status_layer import parse_wait
 
 logger = logging.getLogger("http_api")
 
-# The client polls status about this often while a job runs, unless the
-# engine can estimate its next change (seconds).
-POLL_INTERVAL_SECONDS = 2
-# Bounds of the Retry-After of a status response (seconds).
-MIN_RETRY_AFTER_SECONDS = 1
-MAX_RETRY_AFTER_SECONDS = 10
 # Maximum time a storage probe may take before /health reports it as failed (seconds).
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -328,38 +321,23 @@ async def health() -> Response:
 async def download_status(job_id: str) -> Response:
     """Return the job's status document, or 304 when ``If-None-Match`` names its ETag.
 
-    ``?wait=N`` is validated here, and held before this route runs: a long
-    poll whose tag is current reaches it only when the job's status or
-    attempt changed, or when its N seconds (at most ``MAX_WAIT_SECONDS``)
-    are up (see ``LongPollLayer``). So this route always responds at once,
-    from the document as it is now. Progress and queue position alone do not
-    end a wait. A client sets how often it receives them by its choice of N,
-    and a job that moves through twenty progress steps costs one response
-    per N seconds rather than twenty.
+    ``StatusLayer`` answers most reads of this route before Quart sees them,
+    from the same ``StatusReply``, and holds long polls (``?wait=N``)
+    until the job's status or attempt changes or N seconds (at most
+    ``MAX_WAIT_SECONDS``) are up. This route answers what the layer passes
+    on: errors (malformed ``wait``, unknown or expired job, stopping
+    server, rate limit), requests with a body, and so on. It always
+    responds at once, from the document as it is now. Progress and queue
+    position alone do not end a wait. A client sets how often it receives
+    them by its choice of N, and a job that moves through twenty progress
+    steps costs one response per N seconds rather than twenty.
     """
     parse_wait(request.args.get("wait"))
     snapshot = await current_jobs().status(job_id)
-    body, etag = encode_document(render_snapshot(snapshot))
-
-    # If-None-Match uses the weak comparison (RFC 9110 section 13.1.2), so a
-    # tag that a proxy marked weak, W/"...", still matches.
-    if parse_tag_lines(request.headers.getlist("If-None-Match")).contains_weak(etag):
-        response = not_modified()
-    else:
-        response = Response(body, content_type="application/json")
-    response.set_etag(etag)
-    response.headers["Cache-Control"] = "no-cache"
-    if not snapshot.status.is_terminal:
-        response.headers["Retry-After"] = str(_retry_after_seconds(snapshot))
+    reply = StatusReply.of(snapshot, request.headers.getlist("If-None-Match"))
+    response = not_modified() if reply.status == 304 else Response(reply.body)
+    response.headers.update(reply.headers)
     return response
-
-
-def _retry_after_seconds(snapshot: JobSnapshot) -> int:
-    """Return when polling again is worth it: the next expected change, within 1-10 s."""
-    estimate = snapshot.next_change_seconds
-    if estimate is None:
-        return POLL_INTERVAL_SECONDS
-    return int(min(max(math.ceil(estimate), MIN_RETRY_AFTER_SECONDS), MAX_RETRY_AFTER_SECONDS))
 
 
 @routes.delete("/v1/download/<job_id:job_id>")

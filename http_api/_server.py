@@ -15,9 +15,9 @@ from quart import Quart
 from engine import JobClient, SupervisorClosed, tune_garbage_collector
 
 from ._app import create_app
-from ._context import CLIENT_KEY, LONG_POLLS_KEY
-from ._longpoll import LongPollLayer
+from ._context import CLIENT_KEY, STATUS_LAYER_KEY
 from ._settings import Settings
+from ._status_layer import StatusLayer
 
 logger = logging.getLogger("http_api")
 
@@ -94,14 +94,14 @@ async def serve(
     app = create_app(settings)
 
     drained = trio.Event()
-    long_polls: LongPollLayer = app.extensions[LONG_POLLS_KEY]
+    status_layer: StatusLayer = app.extensions[STATUS_LAYER_KEY]
 
     async def stop_serving() -> None:
         # Release held long polls so they get a response before Hypercorn closes
         # what is still open after its graceful timeout. On a finished job they
         # would otherwise wait the full 30 s.
         await drained.wait()
-        long_polls.release()
+        status_layer.release()
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -67,6 +67,35 @@ def test_headers_over_socket(start_server: Callable[..., ServerProcess]) -> None
     assert response.headers["ratelimit-remaining"] == "999"
 
 
+def test_status_read_headers_over_socket(start_server: Callable[..., ServerProcess]) -> None:
+    # Status reads are answered before Quart; they carry the same headers.
+    server = start_server(**LIMITED)
+    with open_client(server) as client:
+        started = client.post("/v1/download/start", json={"file_id": 70000})
+        status_url = started.json()["statusUrl"]
+        sent = {"X-Request-ID": "e2e-status-read", "Origin": ALLOWED_ORIGIN}
+        got = client.get(status_url, headers=sent)
+        head = client.head(status_url, headers=sent)
+        # The connection stays usable after a HEAD response without a body.
+        again = client.get(status_url, headers={"If-None-Match": got.headers["etag"]})
+
+    for response in (got, head):
+        assert response.status_code == 200
+        assert_common_headers(response)
+        assert response.headers["x-request-id"] == "e2e-status-read"
+        assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        assert response.headers["vary"] == "Origin"
+        assert response.headers["ratelimit-limit"] == "1000"
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["cache-control"] == "no-cache"
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(got.content))
+    assert head.headers["etag"] == got.headers["etag"]
+    assert int(head.headers["ratelimit-remaining"]) == int(got.headers["ratelimit-remaining"]) - 1
+    assert again.status_code == 304
+    assert_common_headers(again)
+
+
 def test_replaced_request_id_over_socket(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server(**LIMITED)
     with open_client(server) as client:

@@ -31,7 +31,12 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from werkzeug.datastructures import Headers
 
 from engine import EngineSettings, JobStatus, SourceError
-from http_api import Settings, _longpoll as longpoll_module, _routes as routes_module, create_app
+from http_api import (
+    Settings,
+    _render as render_module,
+    _status_layer as status_layer_module,
+    create_app,
+)
 from http_api._context import CLIENT_KEY
 from http_api._schemas import (
     MAX_WAIT_QUERY_SECONDS,
@@ -406,10 +411,10 @@ async def test_document_caps_timeout_at_setting(autojump_clock, tmp_path):
 
 
 def test_copied_limits_match_routes():
-    assert MAX_WAIT_QUERY_SECONDS == longpoll_module.MAX_ACCEPTED_WAIT_SECONDS
+    assert MAX_WAIT_QUERY_SECONDS == status_layer_module.MAX_ACCEPTED_WAIT_SECONDS
     assert RETRY_AFTER_RANGE_SECONDS == (
-        routes_module.MIN_RETRY_AFTER_SECONDS,
-        routes_module.MAX_RETRY_AFTER_SECONDS,
+        render_module.MIN_RETRY_AFTER_SECONDS,
+        render_module.MAX_RETRY_AFTER_SECONDS,
     )
 
 

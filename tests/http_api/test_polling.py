@@ -32,7 +32,7 @@ from engine import (
     TransientSourceError,
 )
 from http_api import Settings, create_app
-from http_api._context import LONG_POLLS_KEY
+from http_api._context import STATUS_LAYER_KEY
 from http_api._settings import MAX_BODY_BYTES
 
 # Virtual seconds on the autojump clock: only a hang gets this far.
@@ -727,7 +727,7 @@ async def test_release_answers_held_polls(autojump_clock, open_client):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(long_poll)
             await trio.testing.wait_all_tasks_blocked()
-            client.app.extensions[LONG_POLLS_KEY].release()
+            client.app.extensions[STATUS_LAYER_KEY].release()
         elapsed = trio.current_time() - began
         after, after_elapsed = await timed_status(client, job_id, if_none_match=etag, wait="30")
         finished = await finish(client, job_id)

@@ -466,7 +466,7 @@ def test_settings_invalid(name, value):
         Settings.from_environ({name: value})
 
 
-# -- long polls, which the long-poll layer counts before holding them ----------
+# -- status reads and long polls, which the status layer counts ---------------
 
 
 async def start_and_tag(client) -> tuple[str, str]:
@@ -494,6 +494,20 @@ async def test_held_long_poll_counted_once(client, autojump_clock):
     assert held.status_code in (200, 304)
     assert elapsed == 5
     assert quota(held)[1] == POLL_LIMIT - 2
+    assert quota(after)[1] == POLL_LIMIT - 3
+
+
+async def test_read_passed_on_to_route_counted_once(client, autojump_clock):
+    # The layer counts the read, finds no job and passes it to the route, which
+    # answers 404 without counting it again.
+    path, _ = await start_and_tag(client)
+    unknown = await client.get(
+        "/v1/download/status/3f2b8c1e-0d4a-4c6e-9b1a-2d5e7f8a9c0b", scope_base=peer(CLIENT)
+    )
+    after = await client.get(path, scope_base=peer(CLIENT))
+
+    assert unknown.status_code == 404
+    assert quota(unknown)[1] == POLL_LIMIT - 2
     assert quota(after)[1] == POLL_LIMIT - 3
 
 
