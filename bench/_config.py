@@ -29,6 +29,10 @@ class Sizes:
     # p99 reaches the limit.
     poll_steps: tuple[int, ...]
     poll_step_seconds: float
+    # Seconds between the end of a step's arrivals and its window. Longer
+    # waits leave the arrivals' backlog out of the window and measure the
+    # steady state of the step's clients.
+    poll_settle_seconds: float
     # The same for long-poll clients (the product's and the floor's), which
     # go past the others' largest step.
     poll_longpoll_steps: tuple[int, ...]
@@ -62,6 +66,7 @@ FULL = Sizes(
     poll_delay_max_ms=40_000,
     poll_steps=(1000, 2000, 3000, 4000, 5000),
     poll_step_seconds=3.0,
+    poll_settle_seconds=1.0,
     poll_longpoll_steps=(1000, 2000, 3000, 4000, 5000, 7500, 10_000, 12_500, 15_000),
     longpoll_wait=20,
     throughput_connections=50,
@@ -87,6 +92,7 @@ QUICK = dataclasses.replace(
     poll_delay_max_ms=5000,
     poll_steps=(200, 500),
     poll_step_seconds=1.0,
+    poll_settle_seconds=1.0,
     poll_longpoll_steps=(200, 500, 1000),
     throughput_connections=50,
     throughput_seconds=1.0,
@@ -111,6 +117,7 @@ SMOKE = dataclasses.replace(
     poll_delay_max_ms=600,
     poll_steps=(50,),
     poll_step_seconds=0.5,
+    poll_settle_seconds=0.5,
     poll_longpoll_steps=(50,),
     throughput_seconds=0.3,
     throughput_wrk_runs=0,
@@ -136,6 +143,7 @@ HELP = {
     "poll_delay_max_ms": "longest job delay in the efficiency runs (ms)",
     "poll_steps": "comma-separated client counts of the capacity staircase",
     "poll_step_seconds": "measuring window of each staircase step (s)",
+    "poll_settle_seconds": "pause between a staircase step's last arrival and its window (s)",
     "poll_longpoll_steps": "comma-separated client counts of the long-poll staircases",
     "longpoll_wait": "seconds the long-poll client asks to wait (?wait=N)",
     "throughput_connections": "closed-loop connections",

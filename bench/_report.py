@@ -442,8 +442,10 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
             [key for key in result["systems"] if key != FLOOR_LONGPOLL.key],
         ),
         "",
-        f"Capacity: clients are added in steps ({steps}) and keep polling; after each step "
-        f"settles, a {parameters['staircase_window_seconds']:g} s window "
+        f"Capacity: clients are added in steps ({steps}), "
+        f"{parameters.get('ramp_clients_per_second', 400):g} per second, and keep polling; "
+        f"{parameters.get('staircase_settle_seconds', 1):g} s after a step's last arrival, a "
+        f"{parameters['staircase_window_seconds']:g} s window "
         f"measures the p99 of immediate status requests (the clients' polls plus "
         f"{parameters['probe_rate_per_second']:g} probe polls per second). The largest step with "
         f"p99 < {parameters['p99_limit_ms']:g} ms and under 1% errors counts.",

@@ -19,8 +19,9 @@ Two measurements:
   server's CPU is its own, but latencies in these runs share the machine;
   the latency that decides capacity comes from the staircase.
 - Capacity staircase: one server per run; clients are added in steps
-  (``poll_steps``) and keep polling (their jobs outlast the staircase). After
-  each step settles, a window of ``poll_step_seconds`` measures the p99 of
+  (``poll_steps``), ``RAMP_CLIENTS_PER_SECOND`` at a time, and keep polling
+  (their jobs outlast the staircase). ``poll_settle_seconds`` after a step's
+  last arrival, a window of ``poll_step_seconds`` measures the p99 of
   immediate status requests: the clients' own polls (plain and conditional)
   plus a probe stream of plain polls at ``PROBE_RATE`` per second (the only
   immediate requests under long poll). The staircase stops at the first step
@@ -46,6 +47,7 @@ from typing import Any
 
 import trio
 
+from .._config import Sizes
 from .._http import HttpConnection, Response
 from .._load import RequestSpec, Tally, open_loop, send, start_spec
 from .._runner import Context, add_run, new_result
@@ -58,10 +60,8 @@ POLL_INTERVAL_SECONDS = 2.0
 P99_LIMIT_MS = 100.0
 MAX_ERROR_SHARE = 0.01
 PROBE_RATE = 50.0
-# New clients per second while a staircase step ramps up, and the pause after
-# the ramp before the window opens (seconds).
+# New clients per second while a staircase step ramps up.
 RAMP_CLIENTS_PER_SECOND = 400.0
-SETTLE_SECONDS = 1.0
 # Efficiency runs: new clients per second at the start of a run.
 EFFICIENCY_RAMP_CLIENTS_PER_SECOND = 200.0
 TERMINAL = frozenset({"done", "failed", "cancelled"})
@@ -141,6 +141,8 @@ def run(context: Context) -> dict[str, Any]:
             "staircase_steps": list(sizes.poll_steps),
             "longpoll_staircase_steps": list(sizes.poll_longpoll_steps),
             "staircase_window_seconds": sizes.poll_step_seconds,
+            "staircase_settle_seconds": sizes.poll_settle_seconds,
+            "ramp_clients_per_second": RAMP_CLIENTS_PER_SECOND,
             "p99_limit_ms": P99_LIMIT_MS,
             "probe_rate_per_second": PROBE_RATE,
             "longpoll_wait_seconds": sizes.longpoll_wait,
@@ -158,7 +160,7 @@ def run(context: Context) -> dict[str, Any]:
         JOB_TIMEOUT_MS=str(sizes.poll_delay_max_ms + 120_000),
     )
     longest = max(sizes.poll_steps, sizes.poll_longpoll_steps, key=max)
-    staircase_seconds = _staircase_seconds(longest, sizes.poll_step_seconds)
+    staircase_seconds = _staircase_seconds(longest, sizes)
     staircase_delay_ms = int((staircase_seconds + 60) * 1000)
     staircase_settings = product_settings(
         max(longest),
@@ -436,11 +438,12 @@ def _ramp_seconds(added: int) -> float:
     return max(0.2, added / RAMP_CLIENTS_PER_SECOND)
 
 
-def _staircase_seconds(steps: tuple[int, ...], window: float) -> float:
+def _staircase_seconds(steps: tuple[int, ...], sizes: Sizes) -> float:
     previous = 0
     total = 0.0
     for clients in steps:
-        total += _ramp_seconds(clients - previous) + min(SETTLE_SECONDS, window) + window
+        total += _ramp_seconds(clients - previous) + sizes.poll_settle_seconds
+        total += sizes.poll_step_seconds
         previous = clients
     return total
 
@@ -463,7 +466,7 @@ async def _climb(
     record = PollRecord()
     stop = trio.Event()
     steps: list[dict[str, Any]] = []
-    give_up = trio.current_time() + _staircase_seconds(client_counts, sizes.poll_step_seconds) + 60
+    give_up = trio.current_time() + _staircase_seconds(client_counts, sizes) + 60
     rng = random.Random(4)
 
     async with trio.open_nursery() as nursery:
@@ -485,7 +488,7 @@ async def _climb(
                     stop,
                 )
             clients = target
-            await trio.sleep_until(ramp_start + ramp + min(SETTLE_SECONDS, sizes.poll_step_seconds))
+            await trio.sleep_until(ramp_start + ramp + sizes.poll_settle_seconds)
 
             window_start = trio.current_time()
             window_end = window_start + sizes.poll_step_seconds
