@@ -1,10 +1,16 @@
-"""Bench-only: where a server spends its time under closed-loop status load, by py-spy.
+"""Bench-only: where a server spends its time under status load and arriving clients, by py-spy.
 
-Run ``python -m bench._profile`` (about a minute). It profiles the product
-and the framework reference (the minimal Quart-Trio route) in turn. Each
-server starts on 127.0.0.1, and ``wrk`` loads one status URL (one thread,
-50 connections) while ``py-spy record`` samples the server. The summary
-goes to ``docs/profiles/status-<system>.txt``:
+Run ``python -m bench._profile`` (about a minute). Each server starts on
+127.0.0.1, and ``py-spy record`` samples it under one of two loads:
+
+- ``docs/profiles/status-<system>.txt``: ``wrk`` loads one status URL (one
+  thread, 50 connections), for the product and for the framework reference
+  (the minimal Quart-Trio route).
+- ``docs/profiles/arrivals-product.txt``: long-poll clients arrive as in a
+  step of the polling staircase (``RAMP_CLIENTS_PER_SECOND``). Each opens a
+  connection, starts a job, reads its status and sends a long poll.
+
+Each summary contains:
 
 - the share of samples in each layer (Hypercorn and h11, Quart and
   Werkzeug, quart-schema, trio, the product's ``http_api`` and ``engine``),
@@ -23,12 +29,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import trio
 
+from ._config import FULL
+from ._runner import Context, Features
 from ._servers import FRAMEWORK, PRODUCT, REPO, System, product_settings, running_server
 from .baselines._document import JOB_ID
+from .scenarios.polling import RAMP_CLIENTS_PER_SECOND, PollRecord, Variant, poll_client
 from .scenarios.throughput import start_one_job
 
 PROFILES = REPO / "docs" / "profiles"
@@ -90,13 +101,12 @@ def summarize(raw: Path) -> tuple[dict[str, int], dict[str, int], int]:
     return dict(by_layer), dict(by_function), total
 
 
-def render(
-    system: System, seconds: float, summary: tuple[dict[str, int], dict[str, int], int]
-) -> str:
+def render(title: str, summary: tuple[dict[str, int], dict[str, int], int]) -> str:
+    """Return the summary as text under ``title``, which names the server and the load."""
     by_layer, by_function, total = summary
     lines = [
-        f"py-spy profile of {system.label} under wrk -t1 -c{CONNECTIONS} for {seconds:g} s",
-        f"on one status URL, {SAMPLES_PER_SECOND} samples/s, {total} samples.",
+        f"py-spy profile of {title},",
+        f"{SAMPLES_PER_SECOND} samples/s, {total} samples.",
         "",
         "Samples by layer (innermost frame of a known layer):",
     ]
@@ -109,7 +119,31 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def profile(system: System, seconds: float, wrk: str, py_spy: str) -> str:
+def record(py_spy: str, pid: int, seconds: float, raw: Path) -> None:
+    """Sample process ``pid`` for ``seconds`` into ``raw``, as collapsed stacks."""
+    subprocess.run(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            f"{seconds:g}",
+            "--rate",
+            str(SAMPLES_PER_SECOND),
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=seconds + 60,
+    )
+
+
+def profile_status(system: System, seconds: float, wrk: str, py_spy: str) -> str:
     with running_server(system, product_settings(1000)) as server:
         if system is PRODUCT:
             path = trio.run(start_one_job, server.port, "fast")
@@ -129,29 +163,63 @@ def profile(system: System, seconds: float, wrk: str, py_spy: str) -> str:
                 stderr=subprocess.DEVNULL,
             )
             try:
-                subprocess.run(
-                    [
-                        py_spy,
-                        "record",
-                        "--pid",
-                        str(server.process.pid),
-                        "--duration",
-                        f"{seconds:g}",
-                        "--rate",
-                        str(SAMPLES_PER_SECOND),
-                        "--format",
-                        "raw",
-                        "--output",
-                        str(raw),
-                        "--nonblocking",
-                    ],
-                    check=True,
-                    capture_output=True,
-                    timeout=seconds + 60,
-                )
+                record(py_spy, server.process.pid, seconds, raw)
             finally:
                 load.wait(timeout=seconds + 30)
-            return render(system, seconds, summarize(raw))
+            title = (
+                f"{system.label} under wrk -t1 -c{CONNECTIONS} for {seconds:g} s on one status URL"
+            )
+            return render(title, summarize(raw))
+
+
+def profile_arrivals(seconds: float, py_spy: str) -> str:
+    """Profile the product while long-poll clients arrive for ``seconds``, as in the staircase."""
+    # The jobs outlast the profile, so no client finishes or fetches a result.
+    delay_ms = str(int((seconds + 120) * 1000))
+    settings = product_settings(
+        int(seconds * RAMP_CLIENTS_PER_SECOND),
+        DOWNLOAD_DELAY_MIN_MS=delay_ms,
+        DOWNLOAD_DELAY_MAX_MS=delay_ms,
+        JOB_TIMEOUT_MS=str(int(delay_ms) + 60_000),
+    )
+    with running_server(PRODUCT, settings) as server:
+        load = threading.Thread(target=trio.run, args=(_arrive, server.port, seconds + 1.0))
+        load.start()
+        try:
+            # Skip the first half second, while the first connections open.
+            time.sleep(0.5)
+            with tempfile.TemporaryDirectory(prefix="bench-profile-") as folder:
+                raw = Path(folder) / "stacks.txt"
+                record(py_spy, server.process.pid, seconds, raw)
+                summary = summarize(raw)
+        finally:
+            load.join(timeout=seconds + 30)
+    title = (
+        f"{PRODUCT.label} for {seconds:g} s while long-poll clients arrive, "
+        f"{RAMP_CLIENTS_PER_SECOND:g} per second, each opening a connection, starting a job, "
+        "reading its status and sending a long poll"
+    )
+    return render(title, summary)
+
+
+async def _arrive(port: int, seconds: float) -> None:
+    """Run the polling staircase's long-poll clients, arriving for ``seconds``, then stop them."""
+    features = Features(etag=True, conditional=True, longpoll=True, longpoll_uses_etag=True)
+    context = Context(FULL, "fast", features, None, print)
+    variant = Variant(PRODUCT, "longpoll")
+    poll_record = PollRecord()
+    stop = trio.Event()
+    begin = trio.current_time()
+    end = begin + seconds
+    async with trio.open_nursery() as nursery:
+        for index in range(int(seconds * RAMP_CLIENTS_PER_SECOND)):
+            arrival = begin + index / RAMP_CLIENTS_PER_SECOND
+            nursery.start_soon(
+                poll_client, variant, port, context, poll_record, 10_000 + index, arrival, end, stop
+            )
+        await trio.sleep_until(end)
+        stop.set()
+        nursery.cancel_scope.cancel()
 
 
 def main(argv: list[str]) -> int:
@@ -171,9 +239,13 @@ def main(argv: list[str]) -> int:
         )
         return 2
     PROFILES.mkdir(parents=True, exist_ok=True)
-    for system in (PRODUCT, FRAMEWORK):
-        text = profile(system, arguments.seconds, wrk, py_spy)
-        target = PROFILES / f"status-{system.key}.txt"
+    profiles = {
+        f"status-{system.key}.txt": profile_status(system, arguments.seconds, wrk, py_spy)
+        for system in (PRODUCT, FRAMEWORK)
+    }
+    profiles["arrivals-product.txt"] = profile_arrivals(arguments.seconds, py_spy)
+    for name, text in profiles.items():
+        target = PROFILES / name
         target.write_text(text)
         print(f"wrote {target.relative_to(REPO)}")
         print(text)

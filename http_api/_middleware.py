@@ -94,10 +94,9 @@ class CorsPolicy:
         return vary + self._grant(origin)
 
     def _grant(self, origin: str | None) -> list[tuple[str, str]]:
-        # With a list of origins, the response depends on the Origin header,
-        # so a response also varies by it (added by the callers): shared caches
-        # must not reuse one origin's response for another, nor a response to a
-        # request without Origin for a browser.
+        # With a list of origins, the response depends on the Origin header, so
+        # the callers add "Vary: Origin". Shared caches then do not reuse one
+        # origin's response for another, nor a response without Origin for a browser.
         allowed = self.allow_origin(origin)
         if allowed is None:
             return []

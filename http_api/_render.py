@@ -117,8 +117,8 @@ class StatusReply:
 
     ``status`` is 200 with the document as ``body``, or 304 with an empty
     body when one of the client's ``If-None-Match`` tags names the current
-    ETag. ``headers`` hold the entity and caching headers, in order. The
-    status route and ``StatusLayer`` both answer from it, so the two paths
+    ETag. ``headers`` contains the entity and caching headers, in order. The
+    status route and ``StatusLayer`` both respond with it, so the two paths
     cannot drift apart.
     """
 

@@ -252,7 +252,7 @@ async def _efficiency(
         async with trio.open_nursery() as nursery:
             for index in range(clients):
                 nursery.start_soon(
-                    _client,
+                    poll_client,
                     variant,
                     server.port,
                     context,
@@ -307,7 +307,7 @@ def _efficiency_figures(
 # -- one client ----------------------------------------------------------------
 
 
-async def _client(
+async def poll_client(
     variant: Variant,
     port: int,
     context: Context,
@@ -477,7 +477,7 @@ async def _climb(
             ramp_start = trio.current_time()
             for index in range(added):
                 nursery.start_soon(
-                    _client,
+                    poll_client,
                     variant,
                     server.port,
                     context,

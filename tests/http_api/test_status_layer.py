@@ -1,4 +1,4 @@
-"""Tests of which requests the status layer answers and holds, read straight from ASGI scopes.
+"""Tests of which requests the status layer serves and holds, read straight from ASGI scopes.
 
 What a held request returns, and when, is tested through the app in
 test_polling.py and test_rate_limit.py, and over real sockets in

@@ -1,4 +1,4 @@
-"""The status layer answers status reads exactly as the status route would.
+"""The status layer responds to status reads exactly as the status route would.
 
 ``StatusLayer`` passes every status read that has a body on to Quart, so
 the same read sent with a one-byte body gets the route's response. Each test
