@@ -7,9 +7,11 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart
 
 from engine import JobClient, SupervisorClosed, tune_garbage_collector
@@ -33,6 +35,24 @@ LISTEN_BACKLOG = 1024
 # are not closed after keep_alive_timeout (seen on 127.0.0.1; Hypercorn issue
 # 330 reports the first). Clients that read to EOF instead of Content-Length
 # wait until they give up; the server holds one socket per such client.
+
+
+class _ConnectionServer(TCPServer):
+    """Hypercorn's connection handler, with one race kept inside the connection.
+
+    In Hypercorn 0.18 the task that reads a connection can send a 400 (for
+    bytes after a request that closes the connection) while the app's task
+    shuts down the sending side. trio then raises ``BusyResourceError`` in
+    the reading task, and Hypercorn lets it escape into the nursery of
+    every connection, which stops the whole server. Here it ends only that
+    connection, which the client has already broken.
+    """
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except* trio.BusyResourceError:
+            logger.info("connection closed after two concurrent sends (a client protocol error)")
 
 
 async def _handle_stop_signals(
@@ -93,6 +113,9 @@ async def serve(
     config.backlog = LISTEN_BACKLOG
     app = create_app(settings)
 
+    # NOTE: Hypercorn builds each connection's handler from this module
+    # attribute, which is the only way to replace it; check it on upgrades.
+    hypercorn.trio.run.TCPServer = _ConnectionServer  # type: ignore[attr-defined]
     drained = trio.Event()
     status_layer: StatusLayer = app.extensions[STATUS_LAYER_KEY]
 

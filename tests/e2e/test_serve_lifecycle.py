@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -86,6 +87,33 @@ def test_serve_listen_backlog(start_server: StartServer) -> None:
 
     assert listing[0] == "LISTEN", listing
     assert int(listing[2]) == min(LISTEN_BACKLOG, SOMAXCONN), listing
+    assert stopped == 0, server.log
+
+
+# Bytes after a request that closes its connection. Hypercorn 0.18 answers
+# them with a 400 while the app responds, and the two sends raced.
+PIPELINED_AFTER_CLOSE = [
+    b"GET /health HTTP/1.0\r\n\r\nGET /health HTTP/1.0\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nX",
+]
+
+
+def test_serve_survives_bytes_after_close(start_server: StartServer) -> None:
+    server = start_server()
+    address = urlsplit(server.base_url)
+    for attempt in range(20):
+        payload = PIPELINED_AFTER_CLOSE[attempt % len(PIPELINED_AFTER_CLOSE)]
+        with socket.create_connection((address.hostname, address.port), timeout=5) as client:
+            client.sendall(payload)
+            while client.recv(65536):
+                pass
+    health = httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5)
+    running = server.process.poll() is None
+    stopped = server.stop(signal.SIGTERM)
+
+    assert running, server.log
+    assert health.status_code == 200
+    assert "Traceback" not in server.log
     assert stopped == 0, server.log
 
 
