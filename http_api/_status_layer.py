@@ -61,6 +61,8 @@ _STATUS_PATH = re.compile(rf"/v1/download/status/({JOB_ID_REGEX})")
 MAX_WAIT_SECONDS = 30.0
 # Larger ?wait= values are rejected as mistakes rather than capped.
 MAX_ACCEPTED_WAIT_SECONDS = 3600
+# Characters of a rejected ?wait= value that its problem detail repeats.
+MAX_SHOWN_WAIT_CHARACTERS = 40
 # The forms ?wait= accepts: a non-negative decimal number in ASCII, with an
 # optional exponent, as the OpenAPI document's "number" type allows.
 _WAIT_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -78,11 +80,15 @@ def parse_wait(raw: str | None) -> float:
     # other scripts.
     seconds = float(raw) if _WAIT_PATTERN.fullmatch(raw) else math.nan
     if not 0 <= seconds <= MAX_ACCEPTED_WAIT_SECONDS:  # also rejects NaN
+        excerpt = raw[:MAX_SHOWN_WAIT_CHARACTERS]
+        if len(raw) > MAX_SHOWN_WAIT_CHARACTERS:
+            excerpt += "..."
         raise Problem(
             400,
             "invalid_wait",
             "Invalid wait",
-            f"wait must be a number of seconds from 0 to {MAX_ACCEPTED_WAIT_SECONDS}, got {raw!r}",
+            f"wait must be a number of seconds from 0 to {MAX_ACCEPTED_WAIT_SECONDS}, "
+            f"got {excerpt!r}",
             field="wait",
         )
     return min(seconds, MAX_WAIT_SECONDS)

@@ -611,6 +611,18 @@ async def test_invalid_wait_rejected(autojump_clock, open_client, wait):
     assert cancelled["status"] == "cancelled"
 
 
+async def test_long_invalid_wait_shortened(autojump_clock, open_client):
+    async with open_client() as client:
+        job_id = await start(client)
+        response = await get_status(client, job_id, wait="9" * 16_000)
+        problem = await response.get_json()
+
+    assert response.status_code == 400
+    assert problem["code"] == "invalid_wait"
+    assert "9" * 40 + "..." in problem["detail"]
+    assert len(problem["detail"]) < 200
+
+
 async def test_long_poll_woken_by_cancel(autojump_clock, open_client):
     async with open_client(**fixed_delay(200)) as client:
         job_id = await start(client)
