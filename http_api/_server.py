@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
+import hypercorn.logging
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.typing import ResponseSummary, WWWScope
 from quart import Quart
 
 from engine import JobClient, SupervisorClosed, tune_garbage_collector
@@ -35,6 +38,34 @@ LISTEN_BACKLOG = 1024
 # are not closed after keep_alive_timeout (seen on 127.0.0.1; Hypercorn issue
 # 330 reports the first). Clients that read to EOF instead of Content-Length
 # wait until they give up; the server holds one socket per such client.
+
+
+# ASCII control characters, which an access-log field must not write raw.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+class _AccessLogger(hypercorn.logging.Logger):
+    """Hypercorn's logger, with control characters in access-log fields escaped.
+
+    Hypercorn logs the percent-decoded path, so ``%0A`` in a request target
+    would otherwise start a forged line in the access log.
+    """
+
+    def atoms(
+        self, request: WWWScope, response: ResponseSummary | None, request_time: float
+    ) -> Mapping[str, str]:
+        atoms = super().atoms(request, response, request_time)
+        # The atoms are a dict subclass that returns "-" for a missing key, so
+        # the values are replaced in place rather than copied to a new dict.
+        assert isinstance(atoms, dict)
+        for key, value in list(atoms.items()):
+            if isinstance(value, str) and _CONTROL_CHARACTERS.search(value):
+                atoms[key] = _CONTROL_CHARACTERS.sub(_escape_control, value)
+        return atoms
 
 
 class _ConnectionServer(TCPServer):
@@ -108,6 +139,7 @@ async def serve(
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = "-" if settings.access_log else None
+    config.logger_class = _AccessLogger
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
     config.backlog = LISTEN_BACKLOG
