@@ -44,7 +44,7 @@ from hypercorn.typing import (
 from engine import EngineError, JobClient, JobWatch
 
 from ._problems import Problem
-from ._render import StatusReply, encode_document, parse_tag_lines, render_snapshot
+from ._render import StatusReply
 
 logger = logging.getLogger("http_api")
 
@@ -218,26 +218,26 @@ class StatusLayer:
         route reads the job again and reports the problem.
         """
         jobs = self._jobs()
+        reply: StatusReply | None = None
         try:
             if read.is_long_poll and not self._released:
                 watch = await jobs.watch(read.job_id)
-                snapshot = watch.snapshot
-                _, etag = encode_document(render_snapshot(snapshot))
-                if parse_tag_lines(read.if_none_match).contains_weak(etag):
+                reply = StatusReply.of(watch.snapshot, read.if_none_match)
+                if reply.status == 304:
                     held = await self._hold(read, watch, receive)
                     if held is None:
                         return
-                    if read.has_body:
-                        # The hold may have read part of the body, so the app reads the rest.
-                        await self._app(scope, held, send)
-                        return
-                    snapshot = await jobs.status(read.job_id)
-            else:
-                snapshot = await jobs.status(read.job_id)
+                    receive = held
+                    reply = None  # The document may have changed during the wait.
+            if not read.has_body and reply is None:
+                reply = StatusReply.of(await jobs.status(read.job_id), read.if_none_match)
         except EngineError:
+            reply = None
+        if reply is None or read.has_body:
+            # The app reports the problem, or reads the body (the rest of it
+            # after a hold) before it responds.
             await self._app(scope, receive, send)
             return
-        reply = StatusReply.of(snapshot, read.if_none_match)
         headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in reply.headers + self._common_headers(scope)

@@ -3,7 +3,7 @@
 ``StatusLayer`` passes every status read that has a body on to Quart, so
 the same read sent with a one-byte body gets the route's response. Each test
 sends both and compares them, and a ``before_request`` hook records which
-requests reached Quart, so that a test fails if the layer stops answering.
+requests reached Quart, so that a test fails if the layer stops serving them.
 """
 
 from __future__ import annotations
@@ -149,6 +149,21 @@ async def test_held_poll_answered_by_layer(reader):
     assert response.status_code in (200, 304)
     assert response.headers["X-Request-ID"]
     assert len(reader.reached_quart) == before
+
+
+async def test_stale_long_poll_with_body_to_route(reader):
+    # The layer does not wait, and leaves the unread body to Quart.
+    path = await reader.start()
+    before = len(reader.reached_quart)
+
+    response = await reader.client.get(
+        f"{path}?wait=5",
+        headers={"If-None-Match": '"stale"', "Content-Length": "1"},
+        data=b"x",
+    )
+
+    assert response.status_code == 200
+    assert len(reader.reached_quart) == before + 1
 
 
 async def test_unknown_job_passed_to_route(reader):
