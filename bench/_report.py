@@ -443,7 +443,7 @@ def _polling_section(result: dict[str, Any]) -> list[str]:
         ),
         "",
         f"Capacity: clients are added in steps ({steps}), "
-        f"{parameters.get('ramp_clients_per_second', 400):g} per second, and keep polling; "
+        f"{parameters.get('ramp_clients_per_second', 400):g} per second, and keep polling. "
         f"{parameters.get('staircase_settle_seconds', 1):g} s after a step's last arrival, a "
         f"{parameters['staircase_window_seconds']:g} s window "
         f"measures the p99 of immediate status requests (the clients' polls plus "

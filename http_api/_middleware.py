@@ -214,7 +214,7 @@ class CommonHeaders:
     def for_scope(self, scope: HTTPScope) -> list[tuple[str, str]]:
         """Return them for a response to the request of ``scope`` written outside Quart.
 
-        In the order in which Quart's hooks add them. The rate-limit headers
+        They come in the order in which Quart's hooks add them. The rate-limit headers
         report the verdict that ``RateLimits.admit`` recorded for the request.
         """
         headers = [] if self.limits is None else self.limits.headers(scope)

@@ -82,8 +82,11 @@ class _ConnectionServer(TCPServer):
     async def run(self) -> None:
         try:
             await super().run()
-        except* trio.BusyResourceError:
-            logger.info("connection closed after two concurrent sends (a client protocol error)")
+        except* trio.BusyResourceError as group:
+            logger.info(
+                "closed a connection after a client protocol error led to concurrent sends: %s",
+                group.exceptions[0],
+            )
 
 
 async def _handle_stop_signals(

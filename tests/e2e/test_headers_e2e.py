@@ -68,7 +68,7 @@ def test_headers_over_socket(start_server: Callable[..., ServerProcess]) -> None
 
 
 def test_status_read_headers_over_socket(start_server: Callable[..., ServerProcess]) -> None:
-    # Status reads are answered before Quart; they carry the same headers.
+    # The status layer serves these reads before Quart, with the same headers.
     server = start_server(**LIMITED)
     with open_client(server) as client:
         started = client.post("/v1/download/start", json={"file_id": 70000})

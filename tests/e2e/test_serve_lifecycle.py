@@ -90,8 +90,8 @@ def test_serve_listen_backlog(start_server: StartServer) -> None:
     assert stopped == 0, server.log
 
 
-# Bytes after a request that closes its connection. Hypercorn 0.18 answers
-# them with a 400 while the app responds, and the two sends raced.
+# Bytes after a request that closes its connection. Hypercorn 0.18 sends a
+# 400 for them while the app responds, and the two sends raced.
 PIPELINED_AFTER_CLOSE = [
     b"GET /health HTTP/1.0\r\n\r\nGET /health HTTP/1.0\r\n\r\n",
     b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nX",

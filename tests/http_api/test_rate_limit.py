@@ -499,7 +499,7 @@ async def test_held_long_poll_counted_once(client, autojump_clock):
 
 async def test_read_passed_on_to_route_counted_once(client, autojump_clock):
     # The layer counts the read, finds no job and passes it to the route, which
-    # answers 404 without counting it again.
+    # responds 404 without counting it again.
     path, _ = await start_and_tag(client)
     unknown = await client.get(
         "/v1/download/status/3f2b8c1e-0d4a-4c6e-9b1a-2d5e7f8a9c0b", scope_base=peer(CLIENT)
