@@ -29,7 +29,9 @@ LOG_TAIL_CHARACTERS = 3000
 # Variables the product reads (engine and HTTP settings). Inherited values are
 # dropped, so only the settings a scenario passes reach a server.
 _PRODUCT_PREFIXES = ("DOWNLOAD_", "MAX_", "JOB_", "RETRY_", "SHUTDOWN_", "RATE_LIMIT")
-_PRODUCT_VARIABLES = frozenset({"ACCESS_LOG", "PROGRESS_STEP_PERCENT", "RESULTS_DIR"})
+_PRODUCT_VARIABLES = frozenset(
+    {"ACCESS_LOG", "KEEP_ALIVE_TIMEOUT_MS", "PROGRESS_STEP_PERCENT", "RESULTS_DIR"}
+)
 _PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
 

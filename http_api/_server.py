@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import hypercorn.logging
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.typing import ResponseSummary, WWWScope
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, LifespanState, ResponseSummary, WWWScope
 from quart import Quart
 
 from engine import JobClient, SupervisorClosed, tune_garbage_collector
@@ -34,10 +37,9 @@ GRACEFUL_TIMEOUT_SECONDS = 3.0
 LISTEN_BACKLOG = 1024
 
 # NOTE: with Hypercorn 0.18 and quart-trio 0.12, a connection stays open after
-# a response to a "Connection: close" request, and idle keep-alive connections
-# are not closed after keep_alive_timeout (seen on 127.0.0.1; Hypercorn issue
-# 330 reports the first). Clients that read to EOF instead of Content-Length
-# wait until they give up; the server holds one socket per such client.
+# a response to a "Connection: close" request (seen on 127.0.0.1). Clients
+# that read to EOF instead of Content-Length wait until they give up, and the
+# server holds one socket per such client.
 
 
 # ASCII control characters, which an access-log field must not write raw.
@@ -68,8 +70,61 @@ class _AccessLogger(hypercorn.logging.Logger):
         return atoms
 
 
+class _IdleTimer:
+    """The keep-alive deadline of one connection, watched by one task for the connection's life.
+
+    Hypercorn calls ``restart`` when a connection becomes idle (at its start
+    and after each response) and ``stop`` when a request arrives. Its own
+    timer starts a task with ``nursery.start`` on every ``restart`` and
+    cancels it on every ``stop``, several task switches per request. Worse,
+    a response sent from inside Quart-Trio's request nursery reaches
+    ``restart`` while Quart-Trio cancels that nursery, and ``nursery.start``
+    then cancels the new task at once: idle connections were never closed.
+
+    Here ``restart`` and ``stop`` only move ``deadline`` (trio time, infinite
+    while a request is in progress) and the deadline of ``scope``. The
+    watching task (``_ConnectionServer._idle_timeout``) waits in ``scope``.
+    Neither call is a checkpoint. ``restart`` starts the watching task the
+    first time, in the connection's own nursery.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self.deadline = math.inf
+        self.scope = trio.CancelScope()
+        self.ended = False
+        self._watching = False
+
+    @property
+    def idle(self) -> bool:
+        return self.deadline < math.inf
+
+    async def restart(self, task_group: TaskGroup, watch: Callable[[], Awaitable[None]]) -> None:
+        """Start the idle time: the connection closes ``timeout`` seconds from now."""
+        self._move(trio.current_time() + self._timeout)
+        if not self._watching:
+            self._watching = True
+            task_group.spawn(watch)
+
+    async def stop(self) -> None:
+        """Remove the deadline until the next ``restart``, because a request arrived."""
+        self._move(math.inf)
+
+    def end(self) -> None:
+        """Stop the watching task without closing anything, because the connection has ended."""
+        self.ended = True
+        self.scope.cancel()
+
+    def _move(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.scope.deadline = deadline
+
+
 class _ConnectionServer(TCPServer):
-    """Hypercorn's connection handler, with one race kept inside the connection.
+    """Hypercorn's connection handler, with a cheaper idle timer and one race kept inside.
+
+    The idle timer is ``_IdleTimer``: an idle connection closes after
+    ``keep_alive_timeout``, or at once when the server stops.
 
     In Hypercorn 0.18 the task that reads a connection can send a 400 (for
     bytes after a request that closes the connection) while the app's task
@@ -78,6 +133,50 @@ class _ConnectionServer(TCPServer):
     every connection, which stops the whole server. Here it ends only that
     connection, which the client has already broken.
     """
+
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: Config,
+        context: WorkerContext,
+        state: LifespanState,
+        stream: trio.SSLStream[trio.SocketStream],
+    ) -> None:
+        super().__init__(app, config, context, state, stream)
+        self.idle_task: _IdleTimer = _IdleTimer(  # type: ignore[assignment]
+            config.keep_alive_timeout
+        )
+
+    async def _idle_timeout(self) -> None:
+        """Close the connection when its idle deadline passes or, while idle, when the server stops.
+
+        Runs from the connection's first ``restart`` until it closes the
+        connection or ``end`` cancels it.
+        """
+        timer = self.idle_task
+        while True:
+            with trio.CancelScope(deadline=timer.deadline) as timer.scope:
+                await self.context.terminated.wait()
+                if timer.idle:
+                    break
+                # Once the server stops, Hypercorn closes a busy connection
+                # after its response instead of reading another request, and
+                # the connection's end then cancels this wait.
+                await trio.sleep_forever()
+            if timer.ended:
+                return
+            if trio.current_time() >= timer.deadline:
+                break
+            # A request arrived just as the deadline passed: keep watching.
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            # Every connection ends here: the client closed it, or the server did.
+            self.idle_task.end()
 
     async def run(self) -> None:
         try:
@@ -145,6 +244,7 @@ async def serve(
     config.logger_class = _AccessLogger
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
+    config.keep_alive_timeout = settings.keep_alive_timeout
     config.backlog = LISTEN_BACKLOG
     app = create_app(settings)
 

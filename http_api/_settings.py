@@ -109,6 +109,11 @@ class Settings:
     port: int = 8000
     # One line per request on stderr, in Hypercorn's access log format.
     access_log: bool = False
+    # How long a connection may stay idle between requests before the server
+    # closes it. A reverse proxy that keeps connections to the server open
+    # should give up on them sooner, or it may send a request just as the
+    # server closes one.
+    keep_alive_timeout_ms: int = 5_000
     max_body_bytes: int = MAX_BODY_BYTES
     # Origins whose pages may read responses: ("*",) for any, else the listed
     # scheme://host[:port] origins.
@@ -138,6 +143,11 @@ class Settings:
                 raise SettingsError("CORS_ORIGINS", origin, _ORIGINS_EXPECTED)
 
     @property
+    def keep_alive_timeout(self) -> float:
+        """``keep_alive_timeout_ms`` in seconds."""
+        return self.keep_alive_timeout_ms / 1000
+
+    @property
     def rate_limit_window(self) -> float:
         """``rate_limit_window_ms`` in seconds."""
         return self.rate_limit_window_ms / 1000
@@ -155,6 +165,14 @@ class Settings:
         values: dict[str, object] = {
             "engine": EngineSettings.from_environ(environ),
             "access_log": read_bool(environ, "ACCESS_LOG", False),
+            "keep_alive_timeout_ms": read_int(
+                environ,
+                "KEEP_ALIVE_TIMEOUT_MS",
+                defaults.keep_alive_timeout_ms,
+                minimum=1,
+                maximum=MAX_MILLISECONDS,
+                unit="milliseconds",
+            ),
             "cors_origins": read_cors_origins(environ),
             "rate_limit_enabled": read_bool(
                 environ, "RATE_LIMIT_ENABLED", defaults.rate_limit_enabled

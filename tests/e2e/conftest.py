@@ -51,7 +51,13 @@ FAST_SETTINGS = {
 # Variables the product reads. Inherited values are removed, so only the
 # settings a test passes reach the server.
 _PRODUCT_VARIABLES = frozenset(
-    {"ACCESS_LOG", "MAX_CONCURRENT_JOBS", "PROGRESS_STEP_PERCENT", "RESULTS_DIR"}
+    {
+        "ACCESS_LOG",
+        "KEEP_ALIVE_TIMEOUT_MS",
+        "MAX_CONCURRENT_JOBS",
+        "PROGRESS_STEP_PERCENT",
+        "RESULTS_DIR",
+    }
 )
 _PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy"})
 
