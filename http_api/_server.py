@@ -36,12 +36,6 @@ GRACEFUL_TIMEOUT_SECONDS = 3.0
 # on 127.0.0.1 had some of them reset. Linux caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
 
-# NOTE: with Hypercorn 0.18 and quart-trio 0.12, a connection stays open after
-# a response to a "Connection: close" request (seen on 127.0.0.1). Clients
-# that read to EOF instead of Content-Length wait until they give up, and the
-# server holds one socket per such client.
-
-
 # ASCII control characters, which an access-log field must not write raw.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -121,10 +115,11 @@ class _IdleTimer:
 
 
 class _ConnectionServer(TCPServer):
-    """Hypercorn's connection handler, with a cheaper idle timer and one race kept inside.
+    """Hypercorn's connection handler: a cheaper idle timer, a sure close, one race kept inside.
 
     The idle timer is ``_IdleTimer``: an idle connection closes after
-    ``keep_alive_timeout``, or at once when the server stops.
+    ``keep_alive_timeout``, or at once when the server stops. Closing the
+    socket is shielded from cancellation (see ``_close``).
 
     In Hypercorn 0.18 the task that reads a connection can send a 400 (for
     bytes after a request that closes the connection) while the app's task
@@ -170,6 +165,15 @@ class _ConnectionServer(TCPServer):
             # A request arrived just as the deadline passed: keep watching.
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
+
+    async def _close(self) -> None:
+        # Hypercorn closes the socket from the task that ends the connection.
+        # After a "Connection: close" request that is the task of a Quart
+        # route, inside the request nursery that Quart-Trio cancels as the
+        # response ends, so the close was cancelled and the connection stayed
+        # open. Shielded, it completes: both socket calls return at once.
+        with trio.CancelScope(shield=True):
+            await super()._close()
 
     async def _read_data(self) -> None:
         try:

@@ -1,4 +1,4 @@
-"""When the server closes keep-alive connections: idle too long, or idle when it stops.
+"""When the server closes connections: idle too long, idle when it stops, or asked to.
 
 Each test sends HTTP/1.1 over a raw socket, so it observes exactly when
 the server closes the connection.
@@ -159,6 +159,36 @@ def test_stop_closes_idle_connections_at_once(start_server: StartServer) -> None
     # Without the idle close, the connection would stay open until Hypercorn
     # gives up on open connections, GRACEFUL_TIMEOUT_SECONDS after the stop.
     assert closed_after < GRACEFUL_TIMEOUT_SECONDS
+
+
+@pytest.mark.parametrize(
+    ("request_line", "headers"),
+    [
+        pytest.param("GET /health HTTP/1.1", "Connection: close\r\n", id="route"),
+        pytest.param("GET /nope HTTP/1.1", "Connection: close\r\n", id="not-found"),
+        pytest.param("GET {status} HTTP/1.1", "Connection: close\r\n", id="status-read"),
+        pytest.param("GET /health HTTP/1.0", "", id="http-1.0-route"),
+        pytest.param("GET {status} HTTP/1.0", "", id="http-1.0-status-read"),
+    ],
+)
+def test_close_after_response_when_asked(
+    start_server: StartServer, request_line: str, headers: str
+) -> None:
+    server = start_server(**SLOW_JOBS)
+    with connect(server) as setup:
+        status_path = start_job(setup)
+    with connect(server) as connection:
+        target_line = request_line.format(status=status_path)
+        connection.sendall(f"{target_line}\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+        response = b""
+        started = time.monotonic()
+        while chunk := connection.recv(65536):
+            response += chunk
+        closed_after = time.monotonic() - started
+
+    assert response.startswith((b"HTTP/1.1 200", b"HTTP/1.1 404")), response
+    # Well before the keep-alive timeout (5 s), which would close it too.
+    assert closed_after < 2.0
 
 
 def test_keep_alive_setting_read() -> None:
