@@ -12,11 +12,19 @@ PRNG holds the GIL), would make tests on a mock clock depend on real time,
 and could only be cancelled between chunks anyway. Each chunk holds the event
 loop for about a millisecond on a 2 GHz core (an estimate from
 ``random.randbytes`` at roughly 300 MiB/s), and only one chunk is in memory.
+
+An archive whose content fits in one chunk is built in memory instead and
+written with one call. Streaming it costs about 25 system calls: the ZIP
+writer seeks back and forth to patch its headers, and the hash needs the
+file read back. On a 2-core VM with an ext4 disk that took 0.78 ms of the
+event loop per archive, against 0.07 ms on tmpfs, enough for a burst of
+finishing jobs to delay everything else by hundreds of milliseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import zipfile
 from pathlib import Path
@@ -61,17 +69,25 @@ def archive_size(file_id: int, size: int) -> int:
 async def build_archive(file_id: int, size: int, destination: Path) -> ResultInfo:
     """Write the archive for ``file_id`` with ``size`` bytes of content to ``destination``.
 
-    Cancellation: checkpoints after every chunk. A cancelled call leaves a
-    partial file behind, which the caller deletes.
+    Cancellation: checkpoints after every chunk, or once after writing an
+    archive built in memory. A cancelled call leaves a partial or complete
+    file behind, which the caller deletes.
     """
-    rng = random.Random(file_id)
-    member = zipfile.ZipInfo(_member_name(file_id), date_time=_FIXED_TIMESTAMP)
-    member.external_attr = 0o644 << 16
-    member.compress_type = zipfile.ZIP_STORED
-    member.file_size = size
+    if size <= CHUNK_BYTES:
+        data = _archive_in_memory(file_id, size)
+        with destination.open("wb") as file:
+            file.write(data)
+        await trio.lowlevel.checkpoint()
+        return ResultInfo(
+            size=len(data),
+            media_type=MEDIA_TYPE,
+            file_name=archive_name(file_id),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
 
+    rng = random.Random(file_id)
     with zipfile.ZipFile(destination, "w") as archive:
-        with archive.open(member, "w") as stream:
+        with archive.open(_member(file_id, size), "w") as stream:
             remaining = size
             while remaining > 0:
                 chunk = min(remaining, CHUNK_BYTES)
@@ -80,6 +96,24 @@ async def build_archive(file_id: int, size: int, destination: Path) -> ResultInf
                 await trio.lowlevel.checkpoint()
 
     return await describe_archive(destination, archive_name(file_id))
+
+
+def _archive_in_memory(file_id: int, size: int) -> bytes:
+    """Return the bytes that the streamed build writes for content of at most one chunk."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        with archive.open(_member(file_id, size), "w") as stream:
+            stream.write(random.Random(file_id).randbytes(size))
+    return buffer.getvalue()
+
+
+def _member(file_id: int, size: int) -> zipfile.ZipInfo:
+    """Return the header of the archive's one member, every varying field fixed."""
+    member = zipfile.ZipInfo(_member_name(file_id), date_time=_FIXED_TIMESTAMP)
+    member.external_attr = 0o644 << 16
+    member.compress_type = zipfile.ZIP_STORED
+    member.file_size = size
+    return member
 
 
 async def describe_archive(path: Path, file_name: str) -> ResultInfo:

@@ -106,6 +106,27 @@ async def test_build_archive_in_many_chunks(autojump_clock, tmp_path, monkeypatc
         assert archive.testzip() is None
 
 
+@pytest.mark.parametrize("size", [0, 5000, 256 * 1024])
+async def test_in_memory_archive_equals_streamed(autojump_clock, tmp_path, monkeypatch, size):
+    in_memory = await build_archive(31, size, tmp_path / "in-memory.zip")
+    monkeypatch.setattr(engine._archive, "CHUNK_BYTES", 1000)
+    streamed = await build_archive(31, size, tmp_path / "streamed.zip")
+
+    assert (tmp_path / "in-memory.zip").read_bytes() == (tmp_path / "streamed.zip").read_bytes()
+    assert in_memory == streamed
+
+
+async def test_in_memory_archive_checkpoints(autojump_clock, tmp_path):
+    path = tmp_path / "small.zip"
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await build_archive(9, 100, path)
+
+    assert scope.cancelled_caught
+    # The file is complete, and the caller deletes it as after any cancel.
+    assert path.stat().st_size == archive_size(9, 100)
+
+
 async def test_build_archive_cancelled_leaves_partial_file(autojump_clock, tmp_path, monkeypatch):
     monkeypatch.setattr(engine._archive, "CHUNK_BYTES", 1000)
     path = tmp_path / "partial.zip"
