@@ -109,8 +109,9 @@ class Settings:
     port: int = 8000
     # One line per request on stderr, in Hypercorn's access log format.
     access_log: bool = False
-    # How long a connection may stay idle between requests before the server
-    # closes it. A reverse proxy that keeps connections to the server open
+    # How long a connection may stay open without a request in progress
+    # (between requests, or while a request's headers arrive) before the
+    # server closes it. A reverse proxy that keeps connections to the server open
     # should give up on them sooner, or it may send a request just as the
     # server closes one.
     keep_alive_timeout_ms: int = 5_000
