@@ -8,11 +8,15 @@ import math
 import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
+import h11
 import hypercorn.logging
+import hypercorn.protocol
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
@@ -114,6 +118,39 @@ class _IdleTimer:
         self.scope.deadline = deadline
 
 
+class _ClosingConnection(h11.Connection):
+    """h11's server connection, ignoring whatever a client sends after its last request.
+
+    A request with ``Connection: close`` (or an HTTP/1.0 request) is the
+    client's last, and a client should not assume that the server processes
+    requests pipelined after it (RFC 7230, section 6.6). h11 raises on such
+    bytes instead, and Hypercorn then sends an empty 400 in place of the
+    response to the request. Here the bytes are dropped: later reads are
+    not buffered, and bytes that came in the same read as the request stay
+    unparsed until the server closes the connection after its response.
+    """
+
+    def receive_data(self, data: bytes) -> None:
+        if data and self.their_state is h11.MUST_CLOSE:
+            return
+        super().receive_data(data)
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self.their_state is h11.MUST_CLOSE and self.trailing_data[0]:
+            return h11.NEED_DATA
+        return super().next_event()
+
+
+class _H11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol on a ``_ClosingConnection``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection = _ClosingConnection(
+            h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
+        )
+
+
 class _ConnectionServer(TCPServer):
     """Hypercorn's connection handler: a cheaper idle timer, a sure close, one race kept inside.
 
@@ -126,7 +163,9 @@ class _ConnectionServer(TCPServer):
     shuts down the sending side. trio then raises ``BusyResourceError`` in
     the reading task, and Hypercorn lets it escape into the nursery of
     every connection, which stops the whole server. Here it ends only that
-    connection, which the client has already broken.
+    connection, which the client has already broken. ``_ClosingConnection``
+    now drops such bytes, and the catch stays for any other error that
+    Hypercorn answers while the app's task closes the connection.
     """
 
     def __init__(
@@ -252,9 +291,11 @@ async def serve(
     config.backlog = LISTEN_BACKLOG
     app = create_app(settings)
 
-    # NOTE: Hypercorn builds each connection's handler from this module
-    # attribute, which is the only way to replace it; check it on upgrades.
+    # NOTE: Hypercorn builds each connection's handler and HTTP/1.1 protocol
+    # from these module attributes, the only way to replace them; check them
+    # on upgrades.
     hypercorn.trio.run.TCPServer = _ConnectionServer  # type: ignore[attr-defined]
+    hypercorn.protocol.H11Protocol = _H11Protocol  # type: ignore[attr-defined]
     drained = trio.Event()
     status_layer: StatusLayer = app.extensions[STATUS_LAYER_KEY]
 

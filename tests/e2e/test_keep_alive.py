@@ -7,6 +7,7 @@ the server closes the connection.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -189,6 +190,37 @@ def test_close_after_response_when_asked(
     assert response.startswith((b"HTTP/1.1 200", b"HTTP/1.1 404")), response
     # Well before the keep-alive timeout (5 s), which would close it too.
     assert closed_after < 2.0
+
+
+HEALTH = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+HEALTH_THEN_CLOSE = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("writes", "expected_responses"),
+    [
+        pytest.param([HEALTH_THEN_CLOSE + HEALTH], 1, id="same-write"),
+        pytest.param([HEALTH_THEN_CLOSE, HEALTH], 1, id="later-write"),
+        pytest.param([HEALTH + HEALTH_THEN_CLOSE + HEALTH], 2, id="after-keep-alive"),
+        pytest.param(["GET /health HTTP/1.0\r\n\r\n" + HEALTH], 1, id="http-1.0"),
+    ],
+)
+def test_bytes_after_last_request_ignored(
+    server: ServerProcess, writes: list[str], expected_responses: int
+) -> None:
+    # The server ignores what a client sends after its last request, and
+    # still responds to that request.
+    with connect(server) as connection:
+        for data in writes:
+            connection.sendall(data.encode())
+            time.sleep(0.1)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+
+    # A response body ends in a newline, so the next status line can follow it directly.
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert statuses == [b"200"] * expected_responses, received
 
 
 def test_keep_alive_setting_read() -> None:
