@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,16 @@ def _check_output(output: str | None) -> None:
 
 def _get(file_id: str, server: str, output: str | None, quiet: bool) -> Path:
     _check_output(output)
+    # Identifies the start, so that a start interrupted before its response
+    # can be found again and cancelled.
+    key = str(uuid.uuid4())
     try:
         with httpx.Client(base_url=server, timeout=REQUEST_TIMEOUT_SECONDS) as client:
-            job = _start(client, file_id)
+            try:
+                job = _start(client, file_id, key)
+            except KeyboardInterrupt:
+                _cancel_interrupted_start(client, file_id, key)
+                raise
             try:
                 status = _wait_until_finished(client, job, quiet)
                 return _download(client, job, status, output)
@@ -78,12 +86,18 @@ def _get(file_id: str, server: str, output: str | None, quiet: bool) -> Path:
         raise GetError(f"invalid server URL {server}: {exc}") from None
 
 
-def _start(client: httpx.Client, file_id: str) -> dict[str, Any]:
+def _start_body(file_id: str) -> dict[str, Any]:
     try:
         number: int | str = int(file_id)
     except ValueError:
         number = file_id  # let the server say what is wrong with it
-    response = client.post("/v1/download/start", json={"file_id": number})
+    return {"file_id": number}
+
+
+def _start(client: httpx.Client, file_id: str, key: str) -> dict[str, Any]:
+    response = client.post(
+        "/v1/download/start", json=_start_body(file_id), headers={"Idempotency-Key": key}
+    )
     if response.status_code != 202:
         raise GetError(f"start failed: {_describe_error(response)}")
     return _read_document(response, "start", ("jobId", "statusUrl", "resultUrl"))
@@ -178,6 +192,28 @@ def _download(
         )
     os.replace(partial, target)
     return target
+
+
+def _cancel_interrupted_start(client: httpx.Client, file_id: str, key: str) -> None:
+    """Cancel the job of a start that was interrupted before its response, if there is one.
+
+    The server may have created the job already. Sending the start again
+    with the same ``Idempotency-Key`` returns that job rather than a new
+    one. If the first start never arrived, the second creates the job, and
+    it is cancelled at once.
+    """
+    try:
+        response = client.post(
+            "/v1/download/start",
+            json=_start_body(file_id),
+            headers={"Idempotency-Key": key},
+            timeout=5.0,
+        )
+        job_id = response.json().get("jobId") if response.status_code in (200, 202) else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return
+    if isinstance(job_id, str):
+        _cancel_quietly(client, job_id)
 
 
 def _cancel_quietly(client: httpx.Client, job_id: str) -> None:

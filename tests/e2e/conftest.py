@@ -254,6 +254,10 @@ class StandInScript:
     status_body: bytes | None = None
     # Close the connection after this many payload bytes, with the full Content-Length declared.
     cut_after_bytes: int | None = None
+    # Seconds the first start request waits for its response.
+    first_start_delay_seconds: float = 0.0
+    # Every request received: method, path and Idempotency-Key (None without one).
+    received: list[tuple[str, str, str | None]] = dataclasses.field(default_factory=list)
 
 
 def _stand_in_handler(script: StandInScript) -> type[BaseHTTPRequestHandler]:
@@ -291,11 +295,23 @@ def _stand_in_handler(script: StandInScript) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _record(self) -> None:
+            script.received.append((self.command, self.path, self.headers.get("Idempotency-Key")))
+
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self._record()
+            if len(script.received) == 1:
+                time.sleep(script.first_start_delay_seconds)
             self._send(202, json.dumps(start_document).encode(), "application/json")
 
+        def do_DELETE(self) -> None:
+            self._record()
+            cancelled = {**status_document, "status": "cancelled", "result": None}
+            self._send(200, json.dumps(cancelled).encode(), "application/json")
+
         def do_GET(self) -> None:
+            self._record()
             if self.path == start_document["statusUrl"]:
                 body = script.status_body or json.dumps(status_document).encode()
                 self._send(200, body, "application/json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +162,41 @@ def test_get_checksum_mismatch(
     assert "checksum mismatch" in lines[0]
     assert STAND_IN_JOB_ID in lines[0]
     assert list(workdir.iterdir()) == []
+
+
+def test_get_interrupted_start_cancels_job(stand_in_server: StartStandIn, workdir: Path) -> None:
+    # The start's response is held back, so the interrupt comes before the
+    # client knows the job's id.
+    script = StandInScript(PAYLOAD, first_start_delay_seconds=3.0)
+    url = stand_in_server(script)
+    process = subprocess.Popen(
+        [str(DOWNLOAD_JOBS), "get", "70000", "--server", url, "--quiet"],
+        cwd=workdir,
+        env=child_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        while not script.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
+
+    assert process.returncode == 130
+    assert stderr_lines(stderr) == ["download-jobs: interrupted"]
+    methods = [method for method, _, _ in script.received]
+    assert methods == ["POST", "POST", "DELETE"], script.received
+    first_key, second_key = (key for method, _, key in script.received if method == "POST")
+    assert first_key is not None
+    assert second_key == first_key
+    assert script.received[2][1] == f"/v1/download/{STAND_IN_JOB_ID}"
 
 
 def test_get_status_not_json(stand_in_server: StartStandIn, workdir: Path) -> None:
