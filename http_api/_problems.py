@@ -72,7 +72,8 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra or {}
 
-    def to_response(self) -> Response:
+    def document(self) -> dict[str, Any]:
+        """Return the problem document, without the request id that ``to_response`` adds."""
         body: dict[str, Any] = {
             "type": _TYPE_PREFIX + self.code,
             "title": self.title,
@@ -83,6 +84,10 @@ class Problem(Exception):
         if self.field is not None:
             body["field"] = self.field
         body.update(self.extra)
+        return body
+
+    def to_response(self) -> Response:
+        body = self.document()
         request_id = current_request_id()
         if request_id is not None:
             body["requestId"] = request_id

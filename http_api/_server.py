@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import re
@@ -28,6 +29,7 @@ from engine import JobClient, SupervisorClosed, tune_garbage_collector
 
 from ._app import create_app
 from ._context import CLIENT_KEY, STATUS_LAYER_KEY
+from ._problems import PROBLEM_MEDIA_TYPE, Problem
 from ._settings import Settings
 from ._status_layer import StatusLayer
 
@@ -141,14 +143,63 @@ class _ClosingConnection(h11.Connection):
         return super().next_event()
 
 
+# Problems for the requests that h11 rejects before they reach the app, by
+# the status h11 suggests.
+_PROTOCOL_PROBLEMS = {
+    400: Problem(
+        400,
+        "malformed_request",
+        "Malformed request",
+        "The request is not valid HTTP/1.1: check the request line, the header "
+        "fields and the framing of the body.",
+    ),
+    431: Problem(
+        431,
+        "headers_too_large",
+        "Request header fields too large",
+        "The request line and header fields are longer than the server accepts.",
+    ),
+    501: Problem(
+        501,
+        "transfer_encoding_not_supported",
+        "Transfer-Encoding not supported",
+        "The only Transfer-Encoding the server accepts is chunked.",
+    ),
+}
+
+
 class _H11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol on a ``_ClosingConnection``."""
+    """Hypercorn's HTTP/1.1 protocol on a ``_ClosingConnection``, with problem+json errors.
+
+    Hypercorn responds to a request that h11 rejects (a malformed request line,
+    header fields that are too long, an unknown Transfer-Encoding) with an
+    empty body. Here the response carries the problem document that every
+    other error of the service has.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connection = _ClosingConnection(
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
         )
+
+    async def _send_error_response(self, status_code: int) -> None:
+        problem = _PROTOCOL_PROBLEMS.get(status_code) or Problem(
+            status_code,
+            "malformed_request",
+            "Malformed request",
+            f"The server cannot process this request (status {status_code}).",
+        )
+        body = json.dumps(problem.document()).encode()
+        headers = [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
 
 
 class _ConnectionServer(TCPServer):
@@ -165,7 +216,7 @@ class _ConnectionServer(TCPServer):
     every connection, which stops the whole server. Here it ends only that
     connection, which the client has already broken. ``_ClosingConnection``
     now drops such bytes, and the catch stays for any other error that
-    Hypercorn answers while the app's task closes the connection.
+    Hypercorn responds to while the app's task closes the connection.
     """
 
     def __init__(

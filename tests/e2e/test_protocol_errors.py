@@ -1,0 +1,77 @@
+"""Requests that h11 rejects before they reach the app get problem+json responses too."""
+
+from __future__ import annotations
+
+import json
+import socket
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from .conftest import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+WAIT_SECONDS = 5.0
+
+
+def exchange_raw(server: ServerProcess, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and return everything until the server closes it."""
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    received = b""
+    with socket.create_connection((address.hostname, address.port), timeout=WAIT_SECONDS) as conn:
+        conn.sendall(data)
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", 400, "malformed_request", id="request-line"),
+        pytest.param(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+            400,
+            "malformed_request",
+            id="header-line",
+        ),
+        pytest.param(
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+            id="headers-too-large",
+        ),
+        pytest.param(
+            b"POST /v1/download/start HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+            "transfer_encoding_not_supported",
+            id="transfer-encoding",
+        ),
+    ],
+)
+def test_rejected_request_gets_problem(
+    server: ServerProcess, data: bytes, status: int, code: str
+) -> None:
+    received = exchange_raw(server, data)
+
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:])
+    }
+    assert lines[0].startswith(f"HTTP/1.1 {status}")
+    assert fields["content-type"] == "application/problem+json"
+    assert int(fields["content-length"]) == len(body)
+    assert fields["connection"] == "close"
+    document = json.loads(body)
+    assert document["status"] == status
+    assert document["code"] == code
+    assert document["type"] == f"tag:download-jobs,2026:problem:{code}"
+    assert document["title"]
+    assert document["detail"]
+    # The server goes on serving other clients.
+    assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
