@@ -239,7 +239,8 @@ class _ConnectionServer(TCPServer):
         connection or ``end`` cancels it.
         """
         timer = self.idle_task
-        while True:
+        # The connection can end before this task first runs, so check each round.
+        while not timer.ended:
             with trio.CancelScope(deadline=timer.deadline) as timer.scope:
                 await self.context.terminated.wait()
                 if timer.idle:
@@ -248,11 +249,11 @@ class _ConnectionServer(TCPServer):
                 # after its response instead of reading another request, and
                 # the connection's end then cancels this wait.
                 await trio.sleep_forever()
-            if timer.ended:
-                return
-            if trio.current_time() >= timer.deadline:
+            if not timer.ended and trio.current_time() >= timer.deadline:
                 break
             # A request arrived just as the deadline passed: keep watching.
+        if timer.ended:
+            return
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
 
