@@ -8,7 +8,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
 StartStandIn = Callable[[StandInScript], str]
+T = TypeVar("T")
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -164,11 +165,11 @@ def test_get_checksum_mismatch(
     assert list(workdir.iterdir()) == []
 
 
-def test_get_interrupted_start_cancels_job(stand_in_server: StartStandIn, workdir: Path) -> None:
-    # The start's response is held back, so the interrupt comes before the
-    # client knows the job's id.
-    script = StandInScript(PAYLOAD, first_start_delay_seconds=3.0)
-    url = stand_in_server(script)
+def interrupt_get(url: str, workdir: Path, ready: Callable[[], T]) -> tuple[int, str, T]:
+    """Run ``download-jobs get 70000`` on ``url`` and send SIGINT once ``ready`` returns.
+
+    Returns the exit status, the stderr and what ``ready`` returned.
+    """
     process = subprocess.Popen(
         [str(DOWNLOAD_JOBS), "get", "70000", "--server", url, "--quiet"],
         cwd=workdir,
@@ -179,17 +180,30 @@ def test_get_interrupted_start_cancels_job(stand_in_server: StartStandIn, workdi
         text=True,
     )
     try:
-        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
-        while not script.received and time.monotonic() < deadline:
-            time.sleep(0.02)
+        value = ready()
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
+    return process.returncode, stderr, value
 
-    assert process.returncode == 130
+
+def test_get_interrupted_start_cancels_job(stand_in_server: StartStandIn, workdir: Path) -> None:
+    # The start's response is held back, so the interrupt comes before the
+    # client knows the job's id.
+    script = StandInScript(PAYLOAD, first_start_delay_seconds=3.0)
+    url = stand_in_server(script)
+
+    def start_received() -> None:
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        while not script.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    returncode, stderr, _ = interrupt_get(url, workdir, start_received)
+
+    assert returncode == 130
     assert stderr_lines(stderr) == ["download-jobs: interrupted"]
     methods = [method for method, _, _ in script.received]
     assert methods == ["POST", "POST", "DELETE"], script.received
@@ -222,26 +236,13 @@ def test_get_cut_download_no_leftover(stand_in_server: StartStandIn, workdir: Pa
 
 def test_get_interrupt_cancels_job(start_server: StartServer, workdir: Path) -> None:
     server = start_server(DOWNLOAD_DELAY_MIN_MS="60000", DOWNLOAD_DELAY_MAX_MS="60000")
-    command = [str(DOWNLOAD_JOBS), "get", "70000", "--server", server.base_url, "--quiet"]
-    process = subprocess.Popen(
-        command,
-        cwd=workdir,
-        env=child_environment(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        job_id = server.wait_for_log(rf"job ({_UUID}): queued -> processing").group(1)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=COMMAND_TIMEOUT_SECONDS)
 
-    assert process.returncode == 130
+    def job_processing() -> str:
+        return server.wait_for_log(rf"job ({_UUID}): queued -> processing").group(1)
+
+    returncode, stderr, job_id = interrupt_get(server.base_url, workdir, job_processing)
+
+    assert returncode == 130
     assert stderr_lines(stderr) == ["download-jobs: interrupted"]
     server.wait_for_log(rf"job {job_id}: processing -> cancelled \(on request\)")
     status = fetch_status(server, job_id)
