@@ -57,7 +57,7 @@ async def _start(connection: HttpConnection, index: int) -> Response:
     return await connection.request(method, target, headers=headers, body=body)
 
 
-def _kinds(jobs: _Jobs) -> dict[str, Send]:
+def _kinds(jobs: _Jobs) -> dict[str, tuple[Send, int]]:
     async def status(connection: HttpConnection, index: int) -> Response:
         return await connection.request("GET", jobs.paths[index % len(jobs.paths)])
 
@@ -76,22 +76,14 @@ def _kinds(jobs: _Jobs) -> dict[str, Send]:
             "GET", f"{path}?wait=0.01", headers=[("If-None-Match", jobs.tags[path])]
         )
 
+    # Each kind's request, and the status it must return.
     return {
-        "start": _start,
-        "status": status,
-        "status-304": status_304,
-        "status-new-connection": status_new_connection,
-        "long-poll-10ms": long_poll,
+        "start": (_start, 202),
+        "status": (status, 200),
+        "status-304": (status_304, 304),
+        "status-new-connection": (status_new_connection, 200),
+        "long-poll-10ms": (long_poll, 304),
     }
-
-
-EXPECTED = {
-    "start": 202,
-    "status": 200,
-    "status-304": 304,
-    "status-new-connection": 200,
-    "long-poll-10ms": 304,
-}
 
 
 async def _batch(
@@ -140,8 +132,7 @@ def measure(
     jobs = _Jobs()
     trio.run(_prepare, server.port, jobs, connections * 4)
     figures: dict[str, list[float]] = {}
-    for name, send in _kinds(jobs).items():
-        expected = EXPECTED[name]
+    for name, (send, expected) in _kinds(jobs).items():
         trio.run(_batch, server.port, send, expected, WARM_UP_REQUESTS, connections)
         for _ in range(rounds):
             before = server.cpu_seconds()

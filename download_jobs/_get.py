@@ -86,18 +86,21 @@ def _get(file_id: str, server: str, output: str | None, quiet: bool) -> Path:
         raise GetError(f"invalid server URL {server}: {exc}") from None
 
 
-def _start_body(file_id: str) -> dict[str, Any]:
+def _post_start(client: httpx.Client, file_id: str, key: str, **options: Any) -> httpx.Response:
     try:
         number: int | str = int(file_id)
     except ValueError:
         number = file_id  # let the server say what is wrong with it
-    return {"file_id": number}
+    return client.post(
+        "/v1/download/start",
+        json={"file_id": number},
+        headers={"Idempotency-Key": key},
+        **options,
+    )
 
 
 def _start(client: httpx.Client, file_id: str, key: str) -> dict[str, Any]:
-    response = client.post(
-        "/v1/download/start", json=_start_body(file_id), headers={"Idempotency-Key": key}
-    )
+    response = _post_start(client, file_id, key)
     if response.status_code != 202:
         raise GetError(f"start failed: {_describe_error(response)}")
     return _read_document(response, "start", ("jobId", "statusUrl", "resultUrl"))
@@ -203,12 +206,7 @@ def _cancel_interrupted_start(client: httpx.Client, file_id: str, key: str) -> N
     it is cancelled at once.
     """
     try:
-        response = client.post(
-            "/v1/download/start",
-            json=_start_body(file_id),
-            headers={"Idempotency-Key": key},
-            timeout=5.0,
-        )
+        response = _post_start(client, file_id, key, timeout=5.0)
         job_id = response.json().get("jobId") if response.status_code in (200, 202) else None
     except (httpx.HTTPError, ValueError, AttributeError):
         return

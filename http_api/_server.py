@@ -179,6 +179,7 @@ class _H11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Replaces the connection that Hypercorn's constructor made, before any use.
         self.connection = _ClosingConnection(
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
         )

@@ -117,7 +117,7 @@ def test_idle_connection_closed_after_timeout(
     assert idle < WAIT_SECONDS
 
 
-def test_polls_within_the_timeout_keep_the_connection(start_server: StartServer) -> None:
+def test_polls_within_timeout_keep_connection(start_server: StartServer) -> None:
     server = start_server(KEEP_ALIVE_TIMEOUT_MS=str(KEEP_ALIVE_MS), **SLOW_JOBS)
     with connect(server) as connection:
         status_path = start_job(connection)
@@ -139,10 +139,10 @@ def test_long_poll_outlasts_the_timeout(start_server: StartServer) -> None:
         status, _, _ = exchange(
             connection, "GET", f"{status_path}?wait=1.5", f"If-None-Match: {headers['etag']}\r\n"
         )
-        held = time.monotonic() - started
+        waited = time.monotonic() - started
 
         assert status == 304
-        assert held >= 1.4
+        assert waited >= 1.4
         assert seconds_until_closed(connection) < WAIT_SECONDS
 
 

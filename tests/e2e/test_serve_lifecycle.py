@@ -35,9 +35,9 @@ SLOW_SETTINGS = {
     # arrives. The drain with a grace period has tests of its own.
     "SHUTDOWN_GRACE_MS": "0",
 }
-# Upper bound on shutdown. The server closes idle keep-alive connections as
-# soon as it stops, so the process exits in well under a second; the bound
-# leaves room for a slow machine.
+# Upper bound on shutdown (s). The server closes idle keep-alive connections
+# as soon as it stops, so the process exits in well under a second. The
+# bound leaves room for a slow machine.
 SHUTDOWN_SECONDS = 6.0
 # A bad setting stops the process before it binds. Importing the server stack
 # takes about a second of this.

@@ -72,7 +72,7 @@ async def test_stop_closes_idle_connection_at_once(autojump_clock):
     assert closed_at == [1.0]
 
 
-async def test_stop_leaves_busy_connection_to_its_response(autojump_clock):
+async def test_stop_leaves_busy_connection_open(autojump_clock):
     handler, closed_at = connection_handler()
     async with trio.open_nursery() as nursery:
         await handler.idle_task.restart(Spawner(nursery), handler._idle_timeout)
