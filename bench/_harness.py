@@ -39,7 +39,7 @@ from engine import (
     JobStatus,
     SimulatedSource,
     Supervisor,
-    tune_garbage_collector,
+    manage_garbage_collection,
 )
 from engine._progress import ProgressReporter
 from engine._snapshot import ResultInfo
@@ -216,8 +216,8 @@ async def run_inflight(parameters: dict[str, Any]) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             client: JobClient = await nursery.start(supervisor.run)
             await client.stats()
-            # The same process settings as `download-jobs serve` applies.
-            tune_garbage_collector()
+            # The same collector policy as `download-jobs serve` runs.
+            await nursery.start(manage_garbage_collection)
             rss_before = rss_bytes()
 
             started = time.perf_counter()
@@ -340,8 +340,8 @@ async def run_storm(parameters: dict[str, Any]) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             client: JobClient = await nursery.start(supervisor.run)
             await client.stats()
-            # The same process settings as `download-jobs serve` applies.
-            tune_garbage_collector()
+            # The same collector policy as `download-jobs serve` runs.
+            await nursery.start(manage_garbage_collection)
             await trio.testing.wait_all_tasks_blocked()
             idle_tasks = count_tasks()
 

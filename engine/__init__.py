@@ -29,7 +29,7 @@ from ._errors import (
     SupervisorClosed as SupervisorClosed,
     TransientSourceError as TransientSourceError,
 )
-from ._gc import tune_garbage_collector as tune_garbage_collector
+from ._gc import manage_garbage_collection as manage_garbage_collection
 from ._progress import ProgressReporter as ProgressReporter, ProgressSlot as ProgressSlot
 from ._settings import (
     MAX_MILLISECONDS as MAX_MILLISECONDS,
@@ -88,9 +88,9 @@ __all__ = [
     "archive_size",
     "build_archive",
     "content_size",
+    "manage_garbage_collection",
     "open_supervisor",
     "read_bool",
     "read_int",
-    "tune_garbage_collector",
     "utc_now",
 ]
