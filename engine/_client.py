@@ -232,4 +232,9 @@ class JobClient:
                 reply = await reply_receive.receive()
             except trio.EndOfChannel:
                 raise SupervisorClosed() from None
-        return reply.unwrap()
+        try:
+            return reply.unwrap()
+        finally:
+            # An error reply refers to its exception, whose traceback refers to
+            # this frame. Without the del, each error would leave a cycle.
+            del reply

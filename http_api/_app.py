@@ -85,6 +85,14 @@ def create_app(settings: Settings) -> Quart:
     app.extensions[SETTINGS_KEY] = settings
     supervisor = Supervisor(settings.engine)
 
+    @app.teardown_request
+    async def drop_routing_exception(_: BaseException | None) -> None:
+        # Werkzeug's routing error (404, 405) is stored on the request, and its
+        # traceback refers back to the request. That cycle would keep the
+        # connection's objects until a full collection, which is rare here
+        # (see engine.manage_garbage_collection).
+        request.routing_exception = None
+
     @app.before_serving
     async def start_supervisor() -> None:
         client: JobClient = await app.nursery.start(supervisor.run)

@@ -9,6 +9,7 @@ with ``wait_all_tasks_blocked`` or an event rather than relying on luck.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import logging
 import zipfile
@@ -762,6 +763,25 @@ async def test_unavailable_file_fails_not_found(autojump_clock, make_settings):
 
 
 # -- queries ----------------------------------------------------------------
+
+
+async def test_error_reply_leaves_no_cycle(autojump_clock, settings):
+    async with started_supervisor(settings) as client:
+        gc.collect()
+        gc.disable()
+        try:
+            with pytest.raises(JobNotFound):
+                await client.status("no-such-job")
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            cyclic = [item for item in gc.garbage if isinstance(item, JobNotFound)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+
+    # With reference counting alone, the error and its traceback are freed.
+    assert cyclic == []
 
 
 @pytest.mark.parametrize("method", ["status", "cancel", "open_result"])

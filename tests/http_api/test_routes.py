@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 
 import pytest
+from werkzeug.exceptions import HTTPException
 
 # Virtual seconds on the autojump clock: only a hang gets this far.
 pytestmark = pytest.mark.deadline(3600)
@@ -62,3 +64,25 @@ async def test_status_without_id_is_404(autojump_clock, api):
     response = await api.client.get("/v1/download/status")
 
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/nothing-here"), ("PUT", "/v1/download/start")],
+    ids=["404", "405"],
+)
+async def test_routing_error_leaves_no_cycle(autojump_clock, api, method, path):
+    gc.collect()
+    gc.disable()
+    try:
+        response = await api.client.open(path, method=method)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        cyclic = [item for item in gc.garbage if isinstance(item, HTTPException)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+    assert response.status_code in (404, 405)
+    assert cyclic == []
