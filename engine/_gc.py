@@ -31,16 +31,12 @@ collection, so the rule depends on there being little of it. In a test on
 127.0.0.1, 9,243 clients over 60 s each connected, started a 0.5 s job,
 long-polled it and disconnected: they left 104 objects of it. In another,
 5,000 jobs that finished, were cancelled or timed out after 8-15 s left
-32. Error responses left more until two cycles were broken: Werkzeug's
-routing error (404, 405) and the engine client's error replies each
-referred, through a traceback, to a frame that referred back to them. The
-rule bounds what a future cycle could leave at about the live heap, plus
-what accumulates in one interval.
-
-NOTE: a request that h11 rejects (a malformed request line, an unknown
-Transfer-Encoding) still leaves a cycle through h11's exception and its
-traceback, which keeps the connection alive. In a test, 5-6 of every
-1,000 such connections waited for a full collection.
+32. Error responses left more until three cycles were broken: Werkzeug's
+routing error (404, 405), the engine client's error replies and h11's
+error for a malformed request each referred, through a traceback, to a
+frame that referred back to them. The rule bounds what a future cycle
+could leave at about the live heap, plus what accumulates in one
+interval.
 """
 
 from __future__ import annotations

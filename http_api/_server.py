@@ -148,7 +148,14 @@ class _ClosingConnection(h11.Connection):
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         if self.their_state is h11.MUST_CLOSE and self.trailing_data[0]:
             return h11.NEED_DATA
-        return super().next_event()
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as error:
+            # h11 raises it from a frame whose locals refer to the exception, so
+            # its traceback would make a cycle that keeps the connection alive
+            # until a full collection. The client's error needs no traceback.
+            error.__traceback__ = None
+            raise
 
 
 # Problems for the requests that h11 rejects before they reach the app, by

@@ -69,8 +69,10 @@ async def two_chunks(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"world"})
 
 
-async def exchange(app, ending: bytes) -> tuple[weakref.ref[_ConnectionServer], list[bytes]]:
-    """Serve one GET with ``app`` until the client has read ``ending``, then close the client.
+async def exchange(
+    app, ending: bytes, request: bytes = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+) -> tuple[weakref.ref[_ConnectionServer], list[bytes]]:
+    """Serve ``request`` with ``app`` until the client has read ``ending``, then close the client.
 
     Returns a weak reference to the handler, and the handler's writes.
     """
@@ -84,7 +86,7 @@ async def exchange(app, ending: bytes) -> tuple[weakref.ref[_ConnectionServer], 
     with trio.fail_after(TIMEOUT_SECONDS):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(handler.run)
-            await client.send_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await client.send_all(request)
             while not received.endswith(ending):
                 received += await client.receive_some()
             await client.aclose()
@@ -96,6 +98,17 @@ async def test_closed_connection_freed_without_collector():
     try:
         handler, _ = await exchange(hello, b"hello")
 
+        assert handler() is None
+    finally:
+        gc.enable()
+
+
+async def test_malformed_request_freed_without_collector():
+    gc.disable()
+    try:
+        handler, writes = await exchange(hello, b"}", b"GET / HTTP/1.1 extra\r\n\r\n")
+
+        assert writes[0].startswith(b"HTTP/1.1 400")
         assert handler() is None
     finally:
         gc.enable()
