@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import uuid
 
 import pytest
+from garbage import cyclic_garbage
 from werkzeug.exceptions import HTTPException
 
 # Virtual seconds on the autojump clock: only a hang gets this far.
@@ -72,17 +72,8 @@ async def test_status_without_id_is_404(autojump_clock, api):
     ids=["404", "405"],
 )
 async def test_routing_error_leaves_no_cycle(autojump_clock, api, method, path):
-    gc.collect()
-    gc.disable()
-    try:
+    with cyclic_garbage() as garbage:
         response = await api.client.open(path, method=method)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        cyclic = [item for item in gc.garbage if isinstance(item, HTTPException)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
 
     assert response.status_code in (404, 405)
-    assert cyclic == []
+    assert [item for item in garbage if isinstance(item, HTTPException)] == []
