@@ -19,6 +19,7 @@ from ._problems import Problem, problem_from_engine_error
 from ._results import results
 from ._routes import routes
 from ._settings import Settings
+from ._start import StartLayer
 from ._status_layer import JOB_ID_REGEX, StatusLayer
 
 logger = logging.getLogger("http_api")
@@ -70,13 +71,28 @@ def create_app(settings: Settings) -> Quart:
     common_headers = install_middleware(app, settings)
     limits = common_headers.limits
     _register_error_handlers(app)
-    # Quart's documented way to add ASGI middleware. The layer reads the client
-    # per request because the supervisor starts after the app is built.
-    status_layer = StatusLayer(
+
+    # Quart's documented way to add ASGI middleware. The layers read the client
+    # per request because the supervisor starts after the app is built. Status
+    # reads, the most frequent requests, meet the first layer.
+    def jobs() -> JobClient:
+        client: JobClient = app.extensions[CLIENT_KEY]
+        return client
+
+    admit = None if limits is None else limits.admit
+    start_layer = StartLayer(
         app.asgi_app,
-        lambda: app.extensions[CLIENT_KEY],
+        jobs,
         common_headers.for_scope,
-        None if limits is None else limits.admit,
+        admit,
+        max_body_bytes=settings.max_body_bytes,
+        max_timeout_ms=settings.engine.job_timeout_ms,
+    )
+    status_layer = StatusLayer(
+        start_layer,
+        jobs,
+        common_headers.for_scope,
+        admit,
         max_body_bytes=settings.max_body_bytes,
     )
     app.asgi_app = status_layer  # type: ignore[method-assign]

@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import request
+from werkzeug.http import parse_options_header
 
 from engine import MAX_MILLISECONDS
 
@@ -85,20 +86,30 @@ def _invalid_body(detail: str, *, code: str = "invalid_body", field: str | None 
     return Problem(400, code, "Invalid request body", detail, field=field)
 
 
-def check_json_content_type() -> None:
-    """Raise a 415 problem unless the request declares a JSON body."""
-    mimetype = request.mimetype
+def is_json_content_type(content_type: str) -> bool:
+    """Return whether a ``Content-Type`` value declares a JSON body that the routes read.
+
+    That is ``application/json`` or ``application/*+json``, in any case, with
+    no charset or a UTF-8 one. Parsed as Quart parses the request's
+    ``mimetype``, so an ASGI layer in front of Quart decides the same way.
+    """
+    mimetype, parameters = parse_options_header(content_type)
+    mimetype = mimetype.lower()
     is_json = mimetype == "application/json" or (
         mimetype.startswith("application/") and mimetype.endswith("+json")
     )
-    charset = request.mimetype_params.get("charset", "utf-8").lower()
-    if not is_json or charset not in ("utf-8", "utf8"):
-        declared = request.headers.get("Content-Type") or "no Content-Type"
+    return is_json and parameters.get("charset", "utf-8").lower() in ("utf-8", "utf8")
+
+
+def check_json_content_type() -> None:
+    """Raise a 415 problem unless the request declares a JSON body."""
+    declared = request.headers.get("Content-Type")
+    if not is_json_content_type(declared or ""):
         raise Problem(
             415,
             "unsupported_media_type",
             "Unsupported media type",
-            f"expected Content-Type: application/json, got {declared}",
+            f"expected Content-Type: application/json, got {declared or 'no Content-Type'}",
             headers={"Accept-Post": "application/json"},
         )
 
@@ -108,7 +119,15 @@ async def read_json_body(model: type[ModelT]) -> ModelT:
     check_json_content_type()
     raw = await request.get_data(cache=False, as_text=False)
     assert isinstance(raw, bytes)
+    return parse_json_body(raw, model)
 
+
+def parse_json_body(raw: bytes, model: type[ModelT]) -> ModelT:
+    """Parse and validate a whole body as ``model``; raise a 400 ``Problem`` if invalid.
+
+    Checks 3 and 4 of the module's list, without the request: the caller has
+    checked the content type and the size.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

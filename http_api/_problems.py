@@ -12,10 +12,12 @@ meant to be dereferenced, which RFC 9457 allows.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
-from quart import Response, json
+from quart import Response
+from werkzeug.datastructures import Headers
 
 from engine import (
     EngineError,
@@ -86,14 +88,22 @@ class Problem(Exception):
         body.update(self.extra)
         return body
 
-    def to_response(self) -> Response:
-        body = self.document()
-        request_id = current_request_id()
+    def encode(self, request_id: str | None) -> tuple[list[tuple[str, str]], bytes]:
+        """Return the response's headers and body, with ``request_id`` in the document.
+
+        The headers are the entity headers, then the problem's own (such as
+        Retry-After), without those that the app adds to every response.
+        """
+        document = self.document()
         if request_id is not None:
-            body["requestId"] = request_id
-        response = Response(json.dumps(body), status=self.status, content_type=PROBLEM_MEDIA_TYPE)
-        response.headers.update(self.headers)
-        return response
+            document["requestId"] = request_id
+        body = json.dumps(document).encode()
+        headers = [("Content-Type", PROBLEM_MEDIA_TYPE), ("Content-Length", str(len(body)))]
+        return headers + list(self.headers.items()), body
+
+    def to_response(self) -> Response:
+        headers, body = self.encode(current_request_id())
+        return Response(body, status=self.status, headers=Headers(headers))
 
 
 def problem_from_engine_error(error: EngineError) -> Problem:

@@ -86,8 +86,13 @@ def encode_document(document: dict[str, Any]) -> tuple[bytes, str]:
     unchanged document always encodes to the same bytes. The body is
     serialized once, for the tag and the response alike.
     """
-    body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+    body = encode_json(document)
     return body, hashlib.blake2b(body, digest_size=12).hexdigest()
+
+
+def encode_json(document: dict[str, Any]) -> bytes:
+    """Return a JSON response body: compact, ASCII only, keys in insertion order, then a newline."""
+    return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 
 
 def parse_tag_lines(lines: Sequence[str]) -> ETags:

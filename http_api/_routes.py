@@ -8,13 +8,19 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_headers, document_querystring, document_request
+from werkzeug.datastructures import Headers
 
-from engine import MAX_IDEMPOTENCY_KEY_LENGTH, JobStatus, SourceError
+from engine import JobStatus, SourceError
 
-from ._body import CheckRequest, InitiateRequest, StartRequest, read_json_body
+from ._body import (
+    CheckRequest,
+    InitiateRequest,
+    StartRequest,
+    check_json_content_type,
+    read_json_body,
+)
 from ._context import current_jobs, current_settings
 from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
-from ._problems import Problem
 from ._render import (
     POLL_INTERVAL_SECONDS,
     StatusReply,
@@ -42,6 +48,7 @@ from ._schemas import (
     UnhealthyReport,
     UnsupportedMediaTypeHeaders,
 )
+from ._start import StartSubmission, check_timeout
 from ._status_layer import parse_wait
 
 logger = logging.getLogger("http_api")
@@ -60,30 +67,6 @@ _MALFORMED_JOB_ID = "The job id is not a UUID (code invalid_job_id)"
 _UNKNOWN_JOB = "No job has this id (code job_not_found)"
 _EXPIRED_JOB = "The job finished and was removed after its time to live (code expired)"
 _SHUTTING_DOWN = "The server is shutting down (code shutting_down)"
-
-
-def _idempotency_key() -> str | None:
-    """Return the request's ``Idempotency-Key`` header, or raise a 400 problem if invalid."""
-    keys = request.headers.getlist("Idempotency-Key")
-    if not keys:
-        return None
-    key = keys[0]
-    if len(keys) > 1:
-        # HTTP reads repeated lines as one comma-joined value, which is not a valid key.
-        detail = f"Idempotency-Key must appear once, got {len(keys)} header lines"
-    elif not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not _is_visible_ascii(key):
-        detail = (
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} visible ASCII characters"
-        )
-    else:
-        return key
-    raise Problem(
-        400, "invalid_idempotency_key", "Invalid Idempotency-Key", detail, field="Idempotency-Key"
-    )
-
-
-def _is_visible_ascii(text: str) -> bool:
-    return all("!" <= character <= "~" for character in text)
 
 
 @routes.get("/")
@@ -141,35 +124,20 @@ async def service_index() -> Response:
     RetryAfterHeaders,
 )
 async def start_download() -> Response:
-    body = await read_json_body(StartRequest)
-    key = _idempotency_key()
-    _check_timeout(body.timeout_ms)
+    """Create a job. ``StartLayer`` answers most starts before Quart sees them, with the same code.
 
-    job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000
-    snapshot, created = await current_jobs().submit_idempotent(
-        body.file_id,
-        job_timeout=job_timeout,
-        idempotency_key=key,
-        fingerprint=(body.file_id, body.timeout_ms),
+    This route answers what the layer passes on: a Content-Type other than
+    JSON (415), a body over the size limit (413), and a request over its
+    rate limit (429, from the ``before_request`` hook).
+    """
+    check_json_content_type()
+    raw = await request.get_data(cache=False, as_text=False)
+    assert isinstance(raw, bytes)
+    submission = StartSubmission.parse(
+        raw, request.headers.getlist("Idempotency-Key"), current_settings().engine.job_timeout_ms
     )
-
-    if created:
-        response = jsonify(
-            {
-                "jobId": snapshot.job_id,
-                "status": snapshot.status.value,
-                "statusUrl": status_path(snapshot.job_id),
-                "resultUrl": result_path(snapshot.job_id),
-            }
-        )
-        response.status_code = 202
-    else:
-        # A repeated Idempotency-Key: the existing job, as it is now.
-        response = jsonify(render_snapshot(snapshot))
-        response.status_code = 200
-    response.headers["Location"] = status_path(snapshot.job_id)
-    response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
-    return response
+    reply = await submission.submit(current_jobs())
+    return Response(reply.body, status=reply.status, headers=Headers(reply.headers))
 
 
 @routes.post("/v1/download/initiate")
@@ -200,7 +168,7 @@ async def start_download() -> Response:
 )
 async def initiate_bulk_download() -> Response:
     body = await read_json_body(InitiateRequest)
-    _check_timeout(body.timeout_ms)
+    check_timeout(body.timeout_ms, current_settings().engine.job_timeout_ms)
     unique = tuple(dict.fromkeys(body.file_ids))
     duplicates = sorted({file_id for file_id in body.file_ids if body.file_ids.count(file_id) > 1})
     job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000
@@ -219,19 +187,6 @@ async def initiate_bulk_download() -> Response:
     response.headers["Location"] = status_path(snapshot.job_id)
     response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
     return response
-
-
-def _check_timeout(timeout_ms: int | None) -> None:
-    """Raise a 400 problem if a requested deadline exceeds JOB_TIMEOUT_MS."""
-    max_timeout_ms = current_settings().engine.job_timeout_ms
-    if timeout_ms is not None and timeout_ms > max_timeout_ms:
-        raise Problem(
-            400,
-            "invalid_body",
-            "Invalid request body",
-            f"timeout_ms must be at most JOB_TIMEOUT_MS ({max_timeout_ms}), got {timeout_ms}",
-            field="timeout_ms",
-        )
 
 
 @routes.get("/metrics")

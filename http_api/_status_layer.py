@@ -24,33 +24,29 @@ writes every error response, and the status route stays complete.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import math
 import re
 import urllib.parse
-from collections.abc import Awaitable, Callable
 
 import trio
-from hypercorn.typing import (
-    ASGIReceiveCallable,
-    ASGIReceiveEvent,
-    ASGISendCallable,
-    HTTPScope,
-    Scope,
+from hypercorn.typing import ASGIReceiveEvent, HTTPScope, Scope
+
+from engine import EngineError, JobWatch
+
+from ._asgi import (
+    FrontLayer,
+    Receive,
+    Send,
+    replaying,
+    request_path,
+    respond,
 )
-
-from engine import EngineError, JobClient, JobWatch
-
 from ._problems import Problem
 from ._render import StatusReply
 
 logger = logging.getLogger("http_api")
-
-Receive = ASGIReceiveCallable
-Send = ASGISendCallable
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A job id as the routes accept it: a UUID in 8-4-4-4-12 hex form.
 JOB_ID_REGEX = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -124,11 +120,7 @@ class StatusRead:
         """
         if scope["method"] not in ("GET", "HEAD"):
             return None
-        path = scope["path"]
-        if not path.startswith("/"):
-            # An absolute-form request line ("GET http://host/path"), as sent to proxies.
-            path = urllib.parse.urlsplit(path).path
-        match = _STATUS_PATH.fullmatch(path)
+        match = _STATUS_PATH.fullmatch(request_path(scope))
         if match is None:
             return None
         seconds = 0.0
@@ -153,38 +145,17 @@ class StatusRead:
         return cls(match.group(1).lower(), seconds, tuple(tags), has_body)
 
 
-class StatusLayer:
+@dataclasses.dataclass(eq=False)
+class StatusLayer(FrontLayer):
     """ASGI middleware that serves status reads and holds long polls before ``app`` sees them.
 
-    ``jobs`` returns the running supervisor's client; it is called per
-    read, so the layer can be built before the supervisor starts.
-    ``admit`` counts a request in its rate-limit budget and returns whether
-    it is within it. The layer calls it once per status read, and the app
-    must not count that request again (see ``RateLimits``).
-    ``common_headers`` returns the headers that the app adds to every
-    response to a request (request id, security, CORS and rate-limit
-    headers); the layer sends them after the ``StatusReply``'s own.
-    ``max_body_bytes`` bounds what the layer buffers of a held request's
-    body (a GET rarely has one). A larger body ends the hold, and the app
-    then handles the request as usual.
+    It buffers at most ``max_body_bytes`` of a held request's body (a GET
+    rarely has one). A larger body ends the hold, and the app then handles
+    the request as usual. See ``FrontLayer`` for the other parameters.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        jobs: Callable[[], JobClient],
-        common_headers: Callable[[HTTPScope], list[tuple[str, str]]],
-        admit: Callable[[HTTPScope], bool] | None = None,
-        *,
-        max_body_bytes: int,
-    ) -> None:
-        self._app = app
-        self._jobs = jobs
-        self._common_headers = common_headers
-        self._admit = admit
-        self._max_body_bytes = max_body_bytes
-        self._holds: set[trio.CancelScope] = set()
-        self._released = False
+    _holds: set[trio.CancelScope] = dataclasses.field(default_factory=set, init=False)
+    _released: bool = dataclasses.field(default=False, init=False)
 
     def release(self) -> None:
         """End every hold now and hold no request from now on; call when the server stops.
@@ -202,11 +173,10 @@ class StatusLayer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             read = StatusRead.from_scope(scope)
-            if read is not None and (read.is_long_poll or not read.has_body):
-                if self._admit is None or self._admit(scope):
-                    await self._serve(read, scope, receive, send)
-                    return
-        await self._app(scope, receive, send)
+            if read is not None and (read.is_long_poll or not read.has_body) and self.admits(scope):
+                await self._serve(read, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
     async def _serve(
         self, read: StatusRead, scope: HTTPScope, receive: Receive, send: Send
@@ -217,7 +187,7 @@ class StatusLayer:
         the wait. An ``EngineError`` passes the request to the app, whose
         route reads the job again and reports the problem.
         """
-        jobs = self._jobs()
+        jobs = self.jobs()
         reply: StatusReply | None = None
         try:
             if read.is_long_poll and not self._released:
@@ -236,15 +206,10 @@ class StatusLayer:
         if reply is None or read.has_body:
             # The app reports the problem, or reads the body (the rest of it
             # after a hold) before it responds.
-            await self._app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
-        headers = [
-            (name.encode("latin-1"), value.encode("latin-1"))
-            for name, value in reply.headers + self._common_headers(scope)
-        ]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         body = b"" if scope["method"] == "HEAD" else reply.body
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await respond(send, reply.status, reply.headers + self.common_headers(scope), body)
 
     async def _hold(self, read: StatusRead, watch: JobWatch, receive: Receive) -> Receive | None:
         """Wait until ``watch`` reports a change, the wait ends, or the client leaves.
@@ -272,7 +237,7 @@ class StatusLayer:
         if received and received[-1]["type"] == "http.disconnect":
             logger.debug("client left during the long poll of job %s", read.job_id)
             return None
-        return _replaying(received, receive)
+        return replaying(received, receive)
 
     async def _read_while_held(
         self, receive: Receive, received: list[ASGIReceiveEvent], hold: trio.CancelScope
@@ -293,20 +258,6 @@ class StatusLayer:
                 return
             if message["type"] == "http.request":
                 body_bytes += len(message["body"])
-            if body_bytes > self._max_body_bytes:
+            if body_bytes > self.max_body_bytes:
                 hold.cancel()
                 return
-
-
-def _replaying(received: list[ASGIReceiveEvent], receive: Receive) -> Receive:
-    """Return a ``receive`` that returns ``received`` in order, then calls ``receive``."""
-    if not received:
-        return receive
-    pending = collections.deque(received)
-
-    async def replay() -> ASGIReceiveEvent:
-        if pending:
-            return pending.popleft()
-        return await receive()
-
-    return replay

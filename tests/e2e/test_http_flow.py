@@ -100,3 +100,38 @@ async def test_same_file_id_same_bytes(server: ServerProcess) -> None:
     assert second.status_code == 200
     assert first.content == second.content
     assert first_final["result"]["sha256"] == second_final["result"]["sha256"]
+
+
+async def _chunks(*parts: bytes) -> Any:
+    for part in parts:
+        yield part
+
+
+async def test_start_with_chunked_body(server: ServerProcess) -> None:
+    # httpx sends an async iterator as a chunked body, which the server reads in parts.
+    async with open_client(server) as client:
+        response = await client.post(
+            "/v1/download/start",
+            content=_chunks(b'{"file', b'_id": 7', b"0001}"),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.request.headers["Transfer-Encoding"] == "chunked"
+        assert response.status_code == 202, response.text
+        status = await client.get(response.headers["Location"])
+
+    assert status.json()["fileId"] == 70001
+
+
+async def test_chunked_start_body_over_limit_is_413(server: ServerProcess) -> None:
+    # 17 chunks of 4 KiB: over the 64 KiB limit only after the sixteenth.
+    async with open_client(server) as client:
+        response = await client.post(
+            "/v1/download/start",
+            content=_chunks(*[b" " * 4096] * 17),
+            headers={"Content-Type": "application/json"},
+        )
+        health = await client.get("/health")
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "request_entity_too_large"
+    assert health.status_code == 200
