@@ -39,6 +39,7 @@ from ._settings import (
 )
 from ._snapshot import (
     EngineStats as EngineStats,
+    JobChange as JobChange,
     JobError as JobError,
     JobSnapshot as JobSnapshot,
     JobWatch as JobWatch,
@@ -63,6 +64,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidTransition",
     "JobAlreadyFinished",
+    "JobChange",
     "JobClient",
     "JobConflict",
     "JobError",

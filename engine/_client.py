@@ -123,8 +123,8 @@ class JobClient:
     async def watch(self, job_id: str) -> JobWatch:
         """Return the job's snapshot and the means to wait for its next change.
 
-        Raises like ``status``. The returned event costs nothing while it is
-        not awaited; ``wait_for_change`` builds a long poll on it.
+        Raises like ``status``. The returned ``JobChange`` costs nothing while
+        nobody waits on it; ``wait_for_change`` builds a long poll on it.
         """
         watch: JobWatch = await self._request(lambda reply: WatchRequest(job_id, reply))
         return watch
@@ -135,7 +135,7 @@ class JobClient:
         """Wait until ``differs(snapshot)`` is true after a state change, and return that snapshot.
 
         Checks the current snapshot first and returns at once if it already
-        differs. Otherwise it sleeps on the job's change event, which is set
+        differs. Otherwise it sleeps on the job's ``JobChange``, which is set
         only at state changes (see ``JobWatch``), and checks again after each:
         one supervisor round trip per state change, and no CPU at all in
         between. Progress and queue position never wake it, so a predicate on

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -96,9 +98,56 @@ class EngineStats:
     accepting: bool  # False once draining or shutting down
 
 
+class JobChange:
+    """The next state change of one job, announced once by the supervisor.
+
+    A task waits for it with ``wait``, as on a ``trio.Event``. A task that
+    waits for something else at the same time, such as a client leaving,
+    runs that wait in a cancel scope that ``cancelling`` registers, so it
+    needs no second task. Only the supervisor calls ``set``.
+    """
+
+    __slots__ = ("_event", "_scopes")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._scopes: set[trio.CancelScope] = set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        """Return once the change has happened. A checkpoint."""
+        await self._event.wait()
+
+    def set(self) -> None:
+        """Announce the change: wake the waiters and cancel the registered scopes."""
+        self._event.set()
+        for scope in self._scopes:
+            scope.cancel()
+        self._scopes.clear()
+
+    @contextlib.contextmanager
+    def cancelling(self, scope: trio.CancelScope) -> Iterator[None]:
+        """Cancel ``scope`` if the change happens before the block ends, or now if it has.
+
+        The registration ends with the block, so a scope is never cancelled
+        afterwards. Not a checkpoint.
+        """
+        if self._event.is_set():
+            scope.cancel()
+            yield
+            return
+        self._scopes.add(scope)
+        try:
+            yield
+        finally:
+            self._scopes.discard(scope)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobWatch:
-    """A snapshot plus the event its watcher waits on for the next state change.
+    """A snapshot plus the job's next state change, for a watcher to wait on.
 
     ``changed`` is set at the job's next state change: a status transition
     (which also brings any result or error), the start of a retry, or the
@@ -107,4 +156,4 @@ class JobWatch:
     """
 
     snapshot: JobSnapshot
-    changed: trio.Event
+    changed: JobChange

@@ -26,7 +26,7 @@ import trio
 from sortedcontainers import SortedDict
 
 from ._progress import ProgressSlot
-from ._snapshot import JobError, ResultInfo
+from ._snapshot import JobChange, JobError, ResultInfo
 from ._states import JobStatus, check_transition
 
 
@@ -89,7 +89,7 @@ class Job:
         self.fingerprint: object = None
         # Set (and dropped) when the job's snapshot changes other than by the
         # passage of time; created only while someone watches the job.
-        self.changed: trio.Event | None = None
+        self.changed: JobChange | None = None
 
 
 class JobTable:
@@ -149,14 +149,14 @@ class JobTable:
 
     # -- watchers ---------------------------------------------------------
 
-    def watch(self, job: Job) -> trio.Event:
-        """Return the event set at the job's next change, creating it if needed."""
+    def watch(self, job: Job) -> JobChange:
+        """Return the job's next change, which ``notify`` sets, creating it if needed."""
         if job.changed is None:
-            job.changed = trio.Event()
+            job.changed = JobChange()
         return job.changed
 
     def notify(self, job: Job) -> None:
-        """Wake the job's watchers; the next ``watch`` gets a fresh event."""
+        """Wake the job's watchers; the next ``watch`` gets a fresh ``JobChange``."""
         if job.changed is not None:
             job.changed.set()
             job.changed = None

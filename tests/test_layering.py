@@ -75,6 +75,7 @@ def test_engine_exports_pinned_names():
     assert set(engine.__all__) == {
         "MAX_IDEMPOTENCY_KEY_LENGTH",
         "JobWatch",
+        "JobChange",
         "MAX_MILLISECONDS",
         "EngineStats",
         "IdempotencyConflict",

@@ -1,6 +1,6 @@
-"""Tests of job watches: ``JobClient.watch``, ``JobClient.wait_for_change`` and the table's events.
+"""Tests of job watches: ``JobClient.watch``, ``JobClient.wait_for_change`` and ``JobChange``.
 
-A watch returns a snapshot and an event that the supervisor sets at the
+A watch returns a snapshot and a ``JobChange`` that the supervisor sets at the
 job's next state change (a transition, a retry, its removal); progress, queue
 position and a bulk job's file states never set it. These tests run on the
 autojump clock, so the times they check are exact virtual times.
@@ -293,6 +293,45 @@ async def test_changed_unset_for_other_job(autojump_clock, make_settings):
 
         finished = await wait_until_finished(client, watched.job_id)
     assert finished.status is JobStatus.DONE
+
+
+async def test_change_cancels_registered_scope(autojump_clock, make_settings):
+    async with started_supervisor(fixed_delay(make_settings, 20)) as client:
+        submitted = await submit_and_settle(client, FILE_ID)
+        began = trio.current_time()
+        watch = await client.watch(submitted.job_id)
+        with trio.CancelScope() as scope, watch.changed.cancelling(scope):
+            await trio.sleep_forever()
+        waited = trio.current_time() - began
+
+    assert scope.cancelled_caught
+    # The job's next change is its end, 20 s after it started.
+    assert waited == pytest.approx(20, abs=0.01)
+
+
+async def test_past_change_cancels_scope_at_once(autojump_clock, make_settings):
+    async with started_supervisor(fixed_delay(make_settings, 20)) as client:
+        submitted = await submit_and_settle(client, FILE_ID)
+        watch = await client.watch(submitted.job_id)
+        await client.cancel(submitted.job_id)
+        with trio.CancelScope() as scope, watch.changed.cancelling(scope):
+            await trio.sleep_forever()
+
+    assert watch.changed.is_set()
+    assert scope.cancelled_caught
+
+
+async def test_change_after_block_cancels_nothing(autojump_clock, make_settings):
+    async with started_supervisor(fixed_delay(make_settings, 20)) as client:
+        submitted = await submit_and_settle(client, FILE_ID)
+        watch = await client.watch(submitted.job_id)
+        with trio.CancelScope() as scope, watch.changed.cancelling(scope):
+            await trio.sleep(1)
+        finished = await wait_until_finished(client, submitted.job_id)
+
+    assert finished.status is JobStatus.DONE
+    assert watch.changed.is_set()
+    assert not scope.cancel_called
 
 
 def make_queued_job(sequence: int) -> Job:

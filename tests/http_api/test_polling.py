@@ -680,6 +680,51 @@ async def test_disconnected_poll_leaves_job(autojump_clock, open_client):
     assert finished["status"] == "done"
 
 
+async def test_hold_ends_when_client_leaves(autojump_clock, open_client):
+    # Over ASGI directly, to see when the app's task returns: at once when the
+    # client leaves, with nothing sent, rather than when the 30 s wait ends.
+    async with open_client(**fixed_delay(60)) as client:
+        job_id = await start(client)
+        etag = await current_tag(client, job_id)
+        path = f"/v1/download/status/{job_id}"
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.1"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"wait=30",
+            "root_path": "",
+            "headers": [(b"host", b"localhost"), (b"if-none-match", etag.encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "extensions": {},
+            "state": {},
+        }
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            await trio.sleep(2)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        began = trio.current_time()
+        await client.app(scope, receive, send)
+        elapsed = trio.current_time() - began
+        running = await get_status(client, job_id)
+
+    assert elapsed == 2
+    assert sent == []
+    assert (await running.get_json())["status"] == "processing"
+
+
 async def test_cancelled_poll_task_leaves_job(autojump_clock, open_client):
     async with open_client(**fixed_delay(20)) as client:
         job_id = await start(client)
