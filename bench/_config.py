@@ -26,7 +26,8 @@ class Sizes:
     poll_delay_max_ms: int
     # Capacity staircase: client counts tried in turn, each measured over a
     # window of this many seconds. It stops at the first count whose status
-    # p99 reaches the limit.
+    # p99 reaches the limit. The capacity target counts only when FastAPI's
+    # staircase stops below its largest step, so the steps go past 5,000.
     poll_steps: tuple[int, ...]
     poll_step_seconds: float
     # Seconds between the end of a step's arrivals and its window. Longer
@@ -64,10 +65,22 @@ FULL = Sizes(
     poll_clients=500,
     poll_delay_min_ms=10_000,
     poll_delay_max_ms=40_000,
-    poll_steps=(1000, 2000, 3000, 4000, 5000),
+    poll_steps=(1000, 2000, 3000, 4000, 5000, 7500, 10_000),
     poll_step_seconds=3.0,
     poll_settle_seconds=1.0,
-    poll_longpoll_steps=(1000, 2000, 3000, 4000, 5000, 7500, 10_000, 12_500, 15_000),
+    poll_longpoll_steps=(
+        1000,
+        2000,
+        3000,
+        4000,
+        5000,
+        7500,
+        10_000,
+        12_500,
+        15_000,
+        17_500,
+        20_000,
+    ),
     longpoll_wait=20,
     throughput_connections=50,
     throughput_seconds=5.0,

@@ -218,6 +218,8 @@ def _capacity(results: dict[str, Any], sizes: Any) -> Target:
     top = max(sizes.poll_steps)  # FastAPI climbs the plain staircase
     if fastapi >= top:
         notes.append(f"FastAPI reached the largest step tested ({top}); its limit is higher")
+    if mode == "longpoll" and best >= max(sizes.poll_longpoll_steps):
+        notes.append("the product reached the largest long-poll step tested; its limit is higher")
     floor = median(results, "polling", FLOOR_LONGPOLL.key, "largest_clients_p99_ok")
     if not math.isnan(floor):
         notes.append(f"the bare floor held {floor:.0f} long polls")

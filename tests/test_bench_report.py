@@ -1,4 +1,4 @@
-"""Tests of the benchmark report page and the profile summary, on saved data only."""
+"""Tests of the bench report page, the profile summary and the capacity verdict, on saved data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import _profile, _report
+from bench import _config, _profile, _report, _targets
 from bench.__main__ import main as bench_main
 
 # A full run's results, with long lists of samples thinned to about 100 each.
@@ -62,3 +62,42 @@ def test_profile_summary_counts_samples(tmp_path: Path) -> None:
     assert by_layer == {"http_api (product)": 3, "hypercorn": 2, "trio": 5}
     assert by_function["run (trio/_core/_run.py)"] == 5
     assert by_function["dumps (json/__init__.py)"] == 3
+
+
+def _polling_results(largest: dict[str, float]) -> dict[str, object]:
+    """Return polling results whose systems have these medians of the largest passing step."""
+    systems = {
+        key: {"summary": {"largest_clients_p99_ok": {"median": value}}}
+        for key, value in largest.items()
+    }
+    return {"polling": {"systems": systems}}
+
+
+def _capacity(largest: dict[str, float]) -> _targets.Target:
+    targets = _targets.evaluate(_polling_results(largest), _config.FULL)
+    return next(target for target in targets if target.key == "capacity")
+
+
+def test_capacity_met_when_fastapi_limit_found() -> None:
+    target = _capacity({"fastapi:plain": 5000, "product:longpoll": 15_000})
+
+    assert target.passed
+    assert target.figure == "3.00x"
+
+
+def test_capacity_not_met_when_fastapi_at_top_step() -> None:
+    top = max(_config.FULL.poll_steps)
+
+    target = _capacity({"fastapi:plain": top, "product:longpoll": 3 * top})
+
+    assert not target.passed
+    assert any("its limit is higher" in note for note in target.notes)
+
+
+def test_capacity_notes_product_at_top_step() -> None:
+    top = max(_config.FULL.poll_longpoll_steps)
+
+    target = _capacity({"fastapi:plain": 5000, "product:longpoll": top})
+
+    assert target.passed
+    assert any("the product reached the largest long-poll step" in note for note in target.notes)
