@@ -16,6 +16,8 @@ Kinds:
   after the response, so the figure includes the connection's set-up.
 - ``long-poll-10ms``: ``?wait=0.01`` with the current tag, held until its
   wait ends, then returns 304.
+- ``arrival``: what a new long-poll client costs: a new connection, a start,
+  a status read of the new job, a 10 ms long poll on it, and the close.
 
 The load generator runs in this process, so the machine needs a second
 core for the figures to mean server CPU alone.
@@ -76,6 +78,16 @@ def _kinds(jobs: _Jobs) -> dict[str, tuple[Send, int]]:
             "GET", f"{path}?wait=0.01", headers=[("If-None-Match", jobs.tags[path])]
         )
 
+    async def arrival(connection: HttpConnection, index: int) -> Response:
+        started = await _start(connection, index)
+        path = json.loads(started.body)["statusUrl"]
+        read = await connection.request("GET", path)
+        held = await connection.request(
+            "GET", f"{path}?wait=0.01", headers=[("If-None-Match", read.headers["etag"])]
+        )
+        await connection.aclose()
+        return held
+
     # Each kind's request, and the status it must return.
     return {
         "start": (_start, 202),
@@ -83,6 +95,7 @@ def _kinds(jobs: _Jobs) -> dict[str, tuple[Send, int]]:
         "status-304": (status_304, 304),
         "status-new-connection": (status_new_connection, 200),
         "long-poll-10ms": (long_poll, 304),
+        "arrival": (arrival, 304),
     }
 
 
@@ -150,7 +163,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8, help="connections per batch")
     parser.add_argument("--rounds", type=int, default=3, help="batches per kind")
     options = parser.parse_args()
-    capacity = (options.requests + WARM_UP_REQUESTS) * options.rounds + 4 * options.connections
+    # The start and arrival kinds start one job per request.
+    capacity = 2 * (options.requests + WARM_UP_REQUESTS) * options.rounds + 4 * options.connections
     settings = product_settings(
         capacity,
         DOWNLOAD_DELAY_MIN_MS=str(JOB_DELAY_MS),
