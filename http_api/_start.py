@@ -214,14 +214,24 @@ class StartLayer(FrontLayer):
             # Python unbinds ``problem`` after this block, so its traceback,
             # which refers to this frame, makes no cycle.
             status = problem.status
-            headers, body = problem.encode(request_id_of(scope))
-            logger.debug("start rejected: %s (%s)", problem.code, problem.detail)
+            headers, body = self._reject(problem, scope)
         except EngineError as error:
             rejected = problem_from_engine_error(error)
             status = rejected.status
-            headers, body = rejected.encode(request_id_of(scope))
-            logger.debug("start rejected: %s (%s)", rejected.code, rejected.detail)
+            headers, body = self._reject(rejected, scope)
         await respond(send, status, headers + self.common_headers(scope), body)
+
+    def _reject(self, problem: Problem, scope: HTTPScope) -> tuple[HeaderList, bytes]:
+        """Log a rejected start and return its problem response's headers and body."""
+        request_id = request_id_of(scope)
+        logger.debug(
+            "start rejected with %d %s: %s request_id=%s",
+            problem.status,
+            problem.code,
+            problem.detail,
+            request_id,
+        )
+        return problem.encode(request_id)
 
     async def _read_body(self, receive: Receive) -> tuple[list[ASGIReceiveEvent], bytes | None]:
         """Return the messages read and the whole body, or None as the body if it is incomplete.
