@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -95,5 +96,31 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"download-jobs: {exc}", file=sys.stderr)
         return 2
-    trio.run(serve, settings)
+    try:
+        trio.run(serve, settings)
+    except BaseExceptionGroup as group:
+        failed, others = group.split(_is_bind_error)
+        if failed is None or others is not None:
+            raise
+        error = _first_leaf(failed)
+        print(
+            f"download-jobs: cannot listen on {args.host} port {args.port}: {error.strerror}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+# Errors of binding the listening socket: the address is taken, is not one of
+# this machine's, or needs privileges.
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _is_bind_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _BIND_ERRNOS
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> OSError:
+    """Return the first exception of ``group`` that is not itself a group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

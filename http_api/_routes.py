@@ -124,9 +124,9 @@ async def service_index() -> Response:
     RetryAfterHeaders,
 )
 async def start_download() -> Response:
-    """Create a job. ``StartLayer`` answers most starts before Quart sees them, with the same code.
+    """Create a job. ``StartLayer`` serves most starts before Quart sees them, with the same code.
 
-    This route answers what the layer passes on: a Content-Type other than
+    This route handles what the layer passes on: a Content-Type other than
     JSON (415), a body over the size limit (413), and a request over its
     rate limit (429, from the ``before_request`` hook).
     """
@@ -272,6 +272,7 @@ async def health() -> Response:
 )
 @responds(404, ProblemDocument, _UNKNOWN_JOB)
 @responds(410, ProblemDocument, _EXPIRED_JOB)
+@responds(413, ProblemDocument, "The request has a body larger than 64 KiB")
 @responds(503, ProblemDocument, _SHUTTING_DOWN, RetryAfterHeaders)
 async def download_status(job_id: str) -> Response:
     """Return the job's status document, or 304 when ``If-None-Match`` names its ETag.
@@ -287,6 +288,9 @@ async def download_status(job_id: str) -> Response:
     them by its choice of N, and a job that moves through twenty progress
     steps costs one response per N seconds rather than twenty.
     """
+    # A read has no use for a body, but one over the size limit is rejected
+    # with 413 (Quart raises it while reading) rather than left on the connection.
+    await request.get_data(cache=False)
     parse_wait(request.args.get("wait"))
     snapshot = await current_jobs().status(job_id)
     reply = StatusReply.of(snapshot, request.headers.getlist("If-None-Match"))

@@ -200,3 +200,15 @@ def test_serve_rejects_results_file(tmp_path: Path) -> None:
     lines = stderr_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert "RESULTS_DIR" in lines[0]
+
+
+def test_serve_port_in_use_is_one_line(server: ServerProcess) -> None:
+    port = urlsplit(server.base_url).port
+    assert port is not None
+
+    result = run_command("serve", "--host", "127.0.0.1", "--port", str(port))
+
+    assert result.returncode == 1
+    last = stderr_lines(result.stderr)[-1]
+    assert last == f"download-jobs: cannot listen on 127.0.0.1 port {port}: Address already in use"
+    assert "Traceback" not in result.stderr

@@ -346,7 +346,7 @@ async def test_document_declares_statuses(autojump_clock, harness):
         ("POST", START): [200, 202, 400, 413, 415, 422, 429, 500, 503],
         ("POST", INITIATE): [202, 400, 413, 415, 429, 500, 503],
         ("POST", CHECK): [200, 400, 413, 415, 429, 500],
-        ("GET", STATUS): [200, 304, 400, 404, 410, 429, 500, 503],
+        ("GET", STATUS): [200, 304, 400, 404, 410, 413, 429, 500, 503],
         ("GET", JOB): [200, 206, 304, 400, 404, 409, 410, 412, 416, 429, 500, 503],
         ("HEAD", JOB): [200, 304, 400, 404, 409, 410, 412, 429, 500, 503],
         ("DELETE", JOB): [200, 400, 404, 409, 410, 429, 500, 503],
@@ -586,6 +586,14 @@ async def test_status_responses_conform(autojump_clock, tmp_path):
         bad_wait = await send("GET", STATUS, job_id=processing_id, query="?wait=soon")
         malformed = await send("GET", STATUS, job_id="not-a-job-id")
         unknown = await send("GET", STATUS, job_id=UNKNOWN_JOB_ID)
+        # Quart's test client declares no length for a GET body; HTTP framing would.
+        too_large = await send(
+            "GET",
+            STATUS,
+            job_id=processing_id,
+            body=b" " * 70_000,
+            headers={"Content-Length": "70000"},
+        )
 
         await trio.sleep(PAST_FIXED_DELAY_SECONDS)
         done = await send("GET", STATUS, job_id=processing_id)
@@ -611,6 +619,7 @@ async def test_status_responses_conform(autojump_clock, tmp_path):
         assert bad_wait.status == 400
         assert malformed.status == 400
         assert unknown.status == 404
+        assert too_large.status == 413
         assert done.json()["status"] == "done"
         assert "result" in done.json()
         assert bulk_queued.json()["status"] == "queued"
