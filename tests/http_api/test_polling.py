@@ -19,6 +19,7 @@ import trio
 import trio.testing
 from quart.typing import TestClientProtocol as QuartTestClient
 from quart.wrappers import Response
+from scopes import http_scope
 from sources import StallSource
 from werkzeug.datastructures import Headers
 
@@ -687,22 +688,9 @@ async def test_hold_ends_when_client_leaves(autojump_clock, open_client):
         job_id = await start(client)
         etag = await current_tag(client, job_id)
         path = f"/v1/download/status/{job_id}"
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.1"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"wait=30",
-            "root_path": "",
-            "headers": [(b"host", b"localhost"), (b"if-none-match", etag.encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-            "extensions": {},
-            "state": {},
-        }
+        scope = http_scope(
+            "GET", path, [(b"if-none-match", etag.encode())], query_string=b"wait=30"
+        )
         messages = [{"type": "http.request", "body": b"", "more_body": False}]
         sent: list[dict[str, Any]] = []
 

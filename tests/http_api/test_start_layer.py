@@ -21,6 +21,7 @@ import trio.testing
 from garbage import cyclic_garbage
 from quart import Quart, request
 from quart.typing import TestClientProtocol as QuartTestClient
+from scopes import http_scope
 from test_start_validation import BAD_REQUESTS, BadRequest
 
 from engine import EngineSettings
@@ -227,23 +228,8 @@ async def test_same_503_when_overloaded(tmp_path, autojump_clock):
 
 async def asgi_start(app: Quart, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Call ``app`` with a start request whose body arrives as ``messages``; return what it sent."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.1"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": START,
-        "raw_path": START.encode(),
-        "query_string": b"",
-        "root_path": "",
-        # No Content-Length: the body's size is known only as it arrives.
-        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "extensions": {},
-        "state": {},
-    }
+    # No Content-Length: the body's size is known only as it arrives.
+    scope = http_scope("POST", START, [(b"content-type", b"application/json")])
     pending = list(messages)
     sent: list[dict[str, Any]] = []
 
