@@ -82,11 +82,11 @@ def _kinds(jobs: _Jobs) -> dict[str, tuple[Send, int]]:
         started = await _start(connection, index)
         path = json.loads(started.body)["statusUrl"]
         read = await connection.request("GET", path)
-        held = await connection.request(
+        poll_response = await connection.request(
             "GET", f"{path}?wait=0.01", headers=[("If-None-Match", read.headers["etag"])]
         )
         await connection.aclose()
-        return held
+        return poll_response
 
     # Each kind's request, and the status it must return.
     return {

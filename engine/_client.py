@@ -124,7 +124,7 @@ class JobClient:
         """Return the job's snapshot and the means to wait for its next change.
 
         Raises like ``status``. The returned ``JobChange`` costs nothing while
-        nobody waits on it; ``wait_for_change`` builds a long poll on it.
+        no task waits on it. ``wait_for_change`` builds a long poll on it.
         """
         watch: JobWatch = await self._request(lambda reply: WatchRequest(job_id, reply))
         return watch

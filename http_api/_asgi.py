@@ -1,4 +1,4 @@
-"""ASGI plumbing shared by the layers that respond to requests before Quart sees them."""
+"""ASGI plumbing shared by the layers that respond to requests before Quart receives them."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def replaying(received: Sequence[ASGIReceiveEvent], receive: Receive) -> Receive
 
 @dataclasses.dataclass(eq=False)
 class FrontLayer:
-    """Base of the ASGI middleware that serves some requests itself before ``app`` sees them.
+    """Base of the ASGI middleware that serves some requests before ``app`` receives them.
 
     ``jobs`` returns the running supervisor's client. It is called per
     request, so the layer can be built before the supervisor starts.

@@ -124,7 +124,7 @@ async def service_index() -> Response:
     RetryAfterHeaders,
 )
 async def start_download() -> Response:
-    """Create a job. ``StartLayer`` serves most starts before Quart sees them, with the same code.
+    """Create a job. ``StartLayer`` serves most starts before Quart receives them, with this code.
 
     This route handles what the layer passes on: a Content-Type other than
     JSON (415), a body over the size limit (413), and a request over its

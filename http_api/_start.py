@@ -6,6 +6,7 @@ are a large share of the server's work. Through Quart a start cost about
 (``python -m bench._cost`` and py-spy, on a 2-core AMD EPYC VM). So
 ``StartLayer`` responds to every start that has a JSON body of an allowed
 size from the ASGI messages alone, as ``StatusLayer`` does for status reads.
+There a start costs about 0.45 ms.
 
 Both paths run the same code: ``StartSubmission.parse`` checks the body,
 the ``Idempotency-Key`` and the timeout, ``StartSubmission.submit`` creates
@@ -155,7 +156,7 @@ class StartSubmission:
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class StartLayer(FrontLayer):
-    """ASGI middleware that responds to job starts before ``app`` sees them.
+    """ASGI middleware that responds to job starts before ``app`` receives them.
 
     It takes a start whose ``Content-Type`` is JSON and whose declared
     ``Content-Length``, if any, is at most ``max_body_bytes``, once
@@ -196,7 +197,7 @@ class StartLayer(FrontLayer):
         """Read the body and respond to the start, or pass the start on if its body is too long.
 
         Returns without a response if the client disconnects while sending
-        the body. Cancellation propagates; a job whose submission the
+        the body. Cancellation propagates. A job whose submission the
         supervisor received is created either way.
         """
         received, body = await self._read_body(receive)

@@ -157,7 +157,7 @@ class StatusLayer(FrontLayer):
     the request as usual. See ``FrontLayer`` for the other parameters.
     """
 
-    _holds: set[trio.CancelScope] = dataclasses.field(default_factory=set, init=False)
+    _held_scopes: set[trio.CancelScope] = dataclasses.field(default_factory=set, init=False)
     _released: bool = dataclasses.field(default=False, init=False)
 
     def release(self) -> None:
@@ -169,9 +169,9 @@ class StatusLayer(FrontLayer):
         Not a checkpoint.
         """
         self._released = True
-        for scope in self._holds:
+        for scope in self._held_scopes:
             scope.cancel()
-        logger.info("released %d held long polls", len(self._holds))
+        logger.info("released %d held long polls", len(self._held_scopes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -232,12 +232,12 @@ class StatusLayer(FrontLayer):
             return receive
         received: list[ASGIReceiveEvent] = []
         with trio.CancelScope(deadline=trio.current_time() + read.seconds) as hold:
-            self._holds.add(hold)
+            self._held_scopes.add(hold)
             try:
                 with watch.changed.cancelling(hold):
                     await self._read_while_held(receive, received)
             finally:
-                self._holds.discard(hold)
+                self._held_scopes.discard(hold)
         if received and received[-1]["type"] == "http.disconnect":
             logger.debug("client left during the long poll of job %s", read.job_id)
             return None
