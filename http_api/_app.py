@@ -7,11 +7,12 @@ import re
 
 from quart import Quart, Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestTimeout
 from werkzeug.routing import BaseConverter
 
 from engine import EngineError, JobClient, Supervisor
 
+from ._body import body_timeout_problem
 from ._context import CLIENT_KEY, SETTINGS_KEY, STATUS_LAYER_KEY
 from ._middleware import install_middleware
 from ._openapi import install_openapi
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> Quart:
         # A large result sent to a slow client may take longer than Quart's
         # 60 s default; the transfer ends when the client stops reading.
         RESPONSE_TIMEOUT=None,
+        BODY_TIMEOUT=settings.body_timeout,
         BACKGROUND_TASK_SHUTDOWN_TIMEOUT=SUPERVISOR_STOP_SECONDS,
     )
     # Before sort_keys: quart-schema replaces app.json with its own provider.
@@ -87,6 +89,7 @@ def create_app(settings: Settings) -> Quart:
         admit,
         max_body_bytes=settings.max_body_bytes,
         max_timeout_ms=settings.engine.job_timeout_ms,
+        body_timeout=settings.body_timeout,
     )
     status_layer = StatusLayer(
         start_layer,
@@ -134,6 +137,12 @@ def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def handle_http_exception(error: HTTPException) -> Response:
         status = error.code or 500
+        if isinstance(error, RequestTimeout):
+            timeout = app.config["BODY_TIMEOUT"]
+            logger.info(
+                "%s %s: request body timed out after %g s", request.method, request.path, timeout
+            )
+            return body_timeout_problem(timeout).to_response()
         if status == 404 and _is_malformed_job_route(request.method, request.path):
             return Problem(
                 400,

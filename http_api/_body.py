@@ -6,6 +6,8 @@ The checks run in this order, and the first failure answers:
    charset UTF-8 if one is given), else 415.
 2. The body must fit ``MAX_CONTENT_LENGTH``, else 413. Quart raises before
    reading when the declared ``Content-Length`` is already too large.
+   It must also arrive whole within ``BODY_TIMEOUT_MS``, else 408 and the
+   server closes the connection.
 3. The body must be UTF-8 JSON without NaN or Infinity, with integers of at
    most 4,300 digits and nesting the parser can follow, else 400.
 4. The JSON must match the request model (strict types: no strings, floats
@@ -99,6 +101,22 @@ def is_json_content_type(content_type: str) -> bool:
         mimetype.startswith("application/") and mimetype.endswith("+json")
     )
     return is_json and parameters.get("charset", "utf-8").lower() in ("utf-8", "utf8")
+
+
+def body_timeout_problem(seconds: float) -> Problem:
+    """Return the 408 problem of a body that did not arrive whole within ``seconds``.
+
+    Its ``Connection: close`` ends the connection after the response: the
+    rest of the body may still come, and it would be read as the next
+    request.
+    """
+    return Problem(
+        408,
+        "body_timeout",
+        "Request body timed out",
+        f"the request body timed out after {seconds:g} seconds: send all of it within that time",
+        headers={"Connection": "close"},
+    )
 
 
 def check_json_content_type() -> None:

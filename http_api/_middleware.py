@@ -18,7 +18,7 @@ import trio
 from hypercorn.typing import HTTPScope
 from quart import Quart, Response, after_this_request, request
 from quart.typing import ResponseTypes
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from ._problems import Problem
 from ._ratelimit import FixedWindowLimiter, Quota, client_key
@@ -61,6 +61,10 @@ PREFLIGHT_HEADERS = {
     # Seconds a browser may cache this preflight result.
     "Access-Control-Max-Age": "600",
 }
+
+# How long an error response waits for the rest of a body it did not read
+# (seconds). A body that takes longer closes the connection after the response.
+UNREAD_BODY_WAIT_SECONDS = 2.0
 
 # Methods counted against the poll budget; every other method uses the write budget.
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -271,14 +275,30 @@ def install_middleware(app: Quart, settings: Settings) -> CommonHeaders:
         response.headers.add(REQUEST_ID_HEADER, request_id)
         response.headers.extend(SECURITY_HEADERS)
         cors.apply(response, request.headers.get("Origin"))
-        if response.status_code >= 400 and _may_have_unread_body():
-            # An error answered before the body was read leaves that body on
-            # the connection, and Hypercorn 0.18 then never answers the next
-            # request sent on it. Reading the body (at most MAX_CONTENT_LENGTH
-            # bytes) clears it; a body too large to read closes the connection.
-            try:
-                await request.get_data(cache=False)
-            except RequestEntityTooLarge:
+        if "close" not in response.headers.get("Connection", "").lower() and (
+            _may_have_unread_body()
+        ):
+            # A response sent before the body was read (an error, or a GET
+            # route, which ignores bodies) leaves that body on the connection,
+            # and Hypercorn 0.18 then never answers the next request sent on
+            # it. Reading the body (at most MAX_CONTENT_LENGTH bytes) clears
+            # it; a body that the route read returns at once. A body too large,
+            # or one that has not arrived within UNREAD_BODY_WAIT_SECONDS,
+            # closes the connection instead, so a client that stops sending
+            # cannot delay the response.
+            read = False
+            with trio.move_on_after(UNREAD_BODY_WAIT_SECONDS):
+                try:
+                    await request.get_data(cache=False)
+                    read = True
+                except (RequestEntityTooLarge, RequestTimeout):
+                    pass
+            if not read:
+                logger.debug(
+                    "%s %s: body not read in time, closing the connection after the response",
+                    request.method,
+                    request.path,
+                )
                 response.headers["Connection"] = "close"
         return response
 

@@ -85,7 +85,9 @@ document.
 Every error is `application/problem+json` (RFC 9457) with a stable `code`.
 Besides the responses listed for each operation, any path that matches no
 route gets a 404 problem, a method that a path does not support gets a 405
-problem with an `Allow` header, and an `OPTIONS` request with `Origin` and
+problem with an `Allow` header, a request whose body does not arrive whole
+within `BODY_TIMEOUT_MS` (30 s by default) gets a 408 problem and the
+connection closes, and an `OPTIONS` request with `Origin` and
 `Access-Control-Request-Method` (a CORS preflight) gets 204.
 """
 

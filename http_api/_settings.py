@@ -116,6 +116,11 @@ class Settings:
     # server closes one.
     keep_alive_timeout_ms: int = 5_000
     max_body_bytes: int = MAX_BODY_BYTES
+    # How long a request's body may take to arrive whole, from the request's
+    # head. A body at most 64 KiB long needs a few seconds even on a slow
+    # link; without a bound, a client that stops sending would hold its
+    # connection open forever. Later bodies get 408, and the connection closes.
+    body_timeout_ms: int = 30_000
     # Origins whose pages may read responses: ("*",) for any, else the listed
     # scheme://host[:port] origins.
     cors_origins: tuple[str, ...] = (ANY_ORIGIN,)
@@ -149,6 +154,11 @@ class Settings:
         return self.keep_alive_timeout_ms / 1000
 
     @property
+    def body_timeout(self) -> float:
+        """``body_timeout_ms`` in seconds."""
+        return self.body_timeout_ms / 1000
+
+    @property
     def rate_limit_window(self) -> float:
         """``rate_limit_window_ms`` in seconds."""
         return self.rate_limit_window_ms / 1000
@@ -170,6 +180,14 @@ class Settings:
                 environ,
                 "KEEP_ALIVE_TIMEOUT_MS",
                 defaults.keep_alive_timeout_ms,
+                minimum=1,
+                maximum=MAX_MILLISECONDS,
+                unit="milliseconds",
+            ),
+            "body_timeout_ms": read_int(
+                environ,
+                "BODY_TIMEOUT_MS",
+                defaults.body_timeout_ms,
                 minimum=1,
                 maximum=MAX_MILLISECONDS,
                 unit="milliseconds",

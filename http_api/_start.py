@@ -21,6 +21,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+import trio
 from hypercorn.typing import ASGIReceiveEvent, HTTPScope, Scope
 
 from engine import MAX_IDEMPOTENCY_KEY_LENGTH, EngineError, JobClient, JobSnapshot
@@ -35,7 +36,7 @@ from ._asgi import (
     request_path,
     respond,
 )
-from ._body import StartRequest, is_json_content_type, parse_json_body
+from ._body import StartRequest, body_timeout_problem, is_json_content_type, parse_json_body
 from ._problems import Problem, problem_from_engine_error
 from ._render import POLL_INTERVAL_SECONDS, encode_json, render_snapshot, result_path, status_path
 from ._request_id import first_header_value, request_id_of
@@ -165,12 +166,15 @@ class StartLayer(FrontLayer):
     problem of a failed check or a rejected submission. Everything else
     goes to ``app`` unchanged, and so does a start whose body turns out
     longer than ``max_body_bytes``, with what the layer read replayed first,
-    so that Quart rejects it with 413.
+    so that Quart rejects it with 413. A body that has not arrived whole
+    ``body_timeout`` seconds after the layer starts reading gets 408, and
+    the connection closes.
 
     ``max_timeout_ms`` is JOB_TIMEOUT_MS. See ``FrontLayer`` for the others.
     """
 
     max_timeout_ms: int
+    body_timeout: float
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._takes(scope) and self.admits(scope):
@@ -200,30 +204,42 @@ class StartLayer(FrontLayer):
         the body. Cancellation propagates. A job whose submission the
         supervisor received is created either way.
         """
-        received, body = await self._read_body(receive)
-        if body is None:
+        received: list[ASGIReceiveEvent] = []
+        body: bytes | None = None
+        with trio.move_on_after(self.body_timeout) as reading:
+            body = await self._read_body(receive, received)
+        if reading.cancelled_caught:
+            logger.info(
+                "start body timed out after %g s request_id=%s",
+                self.body_timeout,
+                request_id_of(scope),
+            )
+            status, headers, content = self._reject(body_timeout_problem(self.body_timeout), scope)
+        elif body is None:
             if received[-1]["type"] == "http.request":
                 await self.app(scope, replaying(received, receive), send)
             return
+        else:
+            status, headers, content = await self._reply(body, scope)
+        await respond(send, status, headers + self.common_headers(scope), content)
+
+    async def _reply(self, body: bytes, scope: HTTPScope) -> tuple[int, HeaderList, bytes]:
+        """Check and submit the start whose whole body is ``body``; return the response."""
         try:
             submission = StartSubmission.parse(
                 body, header_lines(scope, b"idempotency-key"), self.max_timeout_ms
             )
             reply = await submission.submit(self.jobs())
-            status, headers, body = reply.status, reply.headers, reply.body
         except Problem as problem:
             # Python unbinds ``problem`` after this block, so its traceback,
             # which refers to this frame, makes no cycle.
-            status = problem.status
-            headers, body = self._reject(problem, scope)
+            return self._reject(problem, scope)
         except EngineError as error:
-            rejected = problem_from_engine_error(error)
-            status = rejected.status
-            headers, body = self._reject(rejected, scope)
-        await respond(send, status, headers + self.common_headers(scope), body)
+            return self._reject(problem_from_engine_error(error), scope)
+        return reply.status, reply.headers, reply.body
 
-    def _reject(self, problem: Problem, scope: HTTPScope) -> tuple[HeaderList, bytes]:
-        """Log a rejected start and return its problem response's headers and body."""
+    def _reject(self, problem: Problem, scope: HTTPScope) -> tuple[int, HeaderList, bytes]:
+        """Log a rejected start and return its problem response's status, headers and body."""
         request_id = request_id_of(scope)
         logger.debug(
             "start rejected with %d %s: %s request_id=%s",
@@ -232,27 +248,25 @@ class StartLayer(FrontLayer):
             problem.detail,
             request_id,
         )
-        return problem.encode(request_id)
+        headers, body = problem.encode(request_id)
+        return problem.status, headers, body
 
-    async def _read_body(self, receive: Receive) -> tuple[list[ASGIReceiveEvent], bytes | None]:
-        """Return the messages read and the whole body, or None as the body if it is incomplete.
+    async def _read_body(self, receive: Receive, received: list[ASGIReceiveEvent]) -> bytes | None:
+        """Read the request's messages into ``received``; return the whole body, or None.
 
-        The body is incomplete when the client disconnected, and then the last
-        message is ``http.disconnect``. It is also incomplete when it grew past
-        ``max_body_bytes``: then the last message is ``http.request``, and the
-        rest of the body is left unread.
+        The body is incomplete (None) when the client disconnected, and then
+        the last message is ``http.disconnect``. It is also incomplete when it
+        grew past ``max_body_bytes``: then the last message is
+        ``http.request``, and the rest of the body is left unread.
         """
-        received: list[ASGIReceiveEvent] = []
         size = 0
         while True:
             message = await receive()
             received.append(message)
             if message["type"] != "http.request":
-                return received, None
+                return None
             size += len(message["body"])
             if size > self.max_body_bytes:
-                return received, None
+                return None
             if not message.get("more_body", False):
-                return received, b"".join(
-                    part["body"] for part in received if part["type"] == "http.request"
-                )
+                return b"".join(part["body"] for part in received if part["type"] == "http.request")

@@ -57,6 +57,11 @@ def exchange(
     if body:
         request += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     connection.sendall(request.encode() + b"\r\n" + body)
+    return read_response(connection)
+
+
+def read_response(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one response, which has a Content-Length; return it as ``exchange`` does."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = connection.recv(65536)

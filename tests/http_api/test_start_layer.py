@@ -288,6 +288,30 @@ async def test_disconnect_mid_body_creates_nothing(starter):
     assert await starter.jobs() == 0
 
 
+async def test_stalled_body_gets_408_on_both_paths(starter, autojump_clock):
+    # The client sends part of the body, then nothing more.
+    messages = [{"type": "http.request", "body": b'{"file_id"', "more_body": True}]
+
+    began = trio.current_time()
+    layer = await asgi_start(starter.app, messages)
+    layer_seconds = trio.current_time() - began
+    with quart_only(starter.app):
+        quart = await asgi_start(starter.app, messages)
+
+    for sent in (layer, quart):
+        assert sent[0]["status"] == 408
+        headers = {name.lower(): value for name, value in sent[0]["headers"]}
+        assert headers[b"connection"] == b"close"
+        problem = json.loads(sent[1]["body"])
+        assert problem["code"] == "body_timeout"
+        assert problem["detail"] == (
+            "the request body timed out after 30 seconds: send all of it within that time"
+        )
+    assert layer_seconds == pytest.approx(30)
+    assert starter.reached_quart == [START]
+    assert await starter.jobs() == 0
+
+
 async def test_rejected_start_leaves_no_cycle(starter):
     with cyclic_garbage() as garbage:
         response = await starter.send(b"{not json")
