@@ -10,7 +10,7 @@ from quart import Blueprint, Response, jsonify, request
 from quart_schema import document_headers, document_querystring, document_request
 from werkzeug.datastructures import Headers
 
-from engine import JobStatus, SourceError
+from engine import JobStatus, SourceError, SupervisorClosed
 
 from ._body import (
     CheckRequest,
@@ -226,23 +226,47 @@ async def check_download() -> Response:
 
 
 @routes.get("/health")
-@operation("Check the service's health", "Probes the storage, waiting at most 2 s.")
-@responds(200, HealthyReport, "The storage answered")
-@responds(503, UnhealthyReport, "The storage probe failed or timed out")
+@operation(
+    "Check the service's health",
+    """
+    Probes the storage, waiting at most 2 s, and reports whether the service
+    accepts new jobs. After a stop signal it drains: it still serves polls
+    and downloads but rejects starts, and this check returns 503 so that a
+    load balancer sends new clients elsewhere.
+    """,
+)
+@responds(200, HealthyReport, "The storage responded and the service accepts jobs")
+@responds(
+    503,
+    UnhealthyReport,
+    "The storage probe failed or timed out, or the service is draining before it stops",
+)
 async def health() -> Response:
-    healthy = False
-    with trio.move_on_after(HEALTH_PROBE_TIMEOUT_SECONDS):
+    jobs = current_jobs()
+    storage = "error"
+    with trio.move_on_after(HEALTH_PROBE_TIMEOUT_SECONDS) as probe:
         try:
-            await current_jobs().check_health()
+            await jobs.check_health()
         except SourceError as exc:
             logger.warning("health check failed: %s", exc)
         else:
-            healthy = True
+            storage = "ok"
+    if probe.cancelled_caught:
+        logger.warning(
+            "health check failed: no storage response in %g s", HEALTH_PROBE_TIMEOUT_SECONDS
+        )
+    try:
+        accepting = (await jobs.stats()).accepting
+    except SupervisorClosed:
+        accepting = False
+    healthy = storage == "ok" and accepting
+    # The original service's report has the storage check only, so the jobs
+    # check appears only when it fails.
+    checks = {"storage": storage} if accepting else {"storage": storage, "jobs": "draining"}
+    response = jsonify({"status": "healthy" if healthy else "unhealthy", "checks": checks})
     if not healthy:
-        response = jsonify({"status": "unhealthy", "checks": {"storage": "error"}})
         response.status_code = 503
-        return response
-    return jsonify({"status": "healthy", "checks": {"storage": "ok"}})
+    return response
 
 
 @routes.get("/v1/download/status/<job_id:job_id>")

@@ -214,22 +214,27 @@ class FileCheck(ResponseModel):
     size: int | None = Field(ge=0, description="Bytes of the archive, null when not available")
 
 
-class StorageCheck(ResponseModel):
-    storage: Literal["ok", "error"]
+class HealthChecks(ResponseModel):
+    storage: Literal["ok", "error"] = Field(
+        description="Whether the storage responded to its probe"
+    )
+    jobs: Literal["draining"] | SkipJsonSchema[None] = _omitted(
+        description="Present while the service drains before it stops and rejects starts"
+    )
 
 
 class HealthyReport(ResponseModel):
-    """The storage responded to its probe."""
+    """The storage responded to its probe and the service accepts jobs."""
 
     status: Literal["healthy"]
-    checks: StorageCheck
+    checks: HealthChecks
 
 
 class UnhealthyReport(ResponseModel):
-    """The storage probe failed or took longer than 2 s."""
+    """The storage probe failed or took longer than 2 s, or the service is draining."""
 
     status: Literal["unhealthy"]
-    checks: StorageCheck
+    checks: HealthChecks
 
 
 class ProblemDocument(ResponseModel):

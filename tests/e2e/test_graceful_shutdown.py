@@ -3,7 +3,8 @@
 On the first SIGTERM the service stops creating jobs and cancels the queued
 ones. Processing jobs may run on for SHUTDOWN_GRACE_MS, and the remaining
 ones are then cancelled. A second SIGTERM cancels them at once. While the
-drain runs, the server still responds: starts get 503 and polls get 200.
+drain runs, the server still responds: starts get 503, polls get 200, and
+the health check gets 503.
 
 These tests run the real console script on 127.0.0.1, send it signals, and
 read its log. Every wait is bounded.
@@ -182,6 +183,7 @@ async def test_grace_period_rejects_starts_answers_polls(start_server: StartServ
         # A new connection, as a new client would open.
         async with open_client(server) as newcomer:
             start = await newcomer.post("/v1/download/start", json={"file_id": 70010})
+            health = await newcomer.get("/health")
         processing_poll = await poller.get(f"/v1/download/status/{processing_id}")
         queued_poll = await poller.get(f"/v1/download/status/{queued_id}")
         during_grace = time.monotonic() - signalled_at
@@ -194,6 +196,8 @@ async def test_grace_period_rejects_starts_answers_polls(start_server: StartServ
     assert problem["code"] == "shutting_down"
     assert problem["detail"]
     assert int(start.headers["Retry-After"]) > 0
+    assert health.status_code == 503
+    assert health.json()["checks"] == {"storage": "ok", "jobs": "draining"}
 
     assert processing_poll.status_code == 200, processing_poll.text
     assert processing_poll.json()["status"] == "processing"
