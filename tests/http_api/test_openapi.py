@@ -28,6 +28,7 @@ import quart.typing
 import trio
 import trio.testing
 from openapi_spec_validator import OpenAPIV31SpecValidator
+from quart_schema import OpenAPIProvider
 from werkzeug.datastructures import Headers
 
 from engine import EngineSettings, JobStatus, SourceError
@@ -310,6 +311,23 @@ async def test_document_is_openapi_3_1(autojump_clock, harness):
 
 async def test_document_validates(autojump_clock, harness):
     OpenAPIV31SpecValidator(harness.contract.document).validate()
+
+
+async def test_document_built_once(autojump_clock, harness, monkeypatch):
+    built = 0
+    build = OpenAPIProvider.schema
+
+    def counting_build(provider: OpenAPIProvider) -> dict[str, Any]:
+        nonlocal built
+        built += 1
+        return build(provider)
+
+    monkeypatch.setattr(OpenAPIProvider, "schema", counting_build)
+    # The harness fetched the document once before the count started.
+    again = await fetch_document(harness.client)
+
+    assert again == harness.contract.document
+    assert built == 0
 
 
 async def test_document_lists_every_route(autojump_clock, tmp_path):
