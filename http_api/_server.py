@@ -138,6 +138,14 @@ class _ClosingConnection(h11.Connection):
     response to the request. Here the bytes are dropped: later reads are
     not buffered, and bytes that came in the same read as the request stay
     unparsed until the server closes the connection after its response.
+
+    A request with both ``Content-Length`` and ``Transfer-Encoding`` is
+    rejected with 400, and the connection closes. h11 frames its body by
+    ``Transfer-Encoding``, but a proxy in front may have framed it by
+    ``Content-Length``, and the two would then split the bytes into
+    different requests (request smuggling). RFC 9112, section 6.1, lets a
+    server reject such a request, and requires it to close the connection
+    after responding to it otherwise.
     """
 
     def receive_data(self, data: bytes) -> None:
@@ -149,13 +157,24 @@ class _ClosingConnection(h11.Connection):
         if self.their_state is h11.MUST_CLOSE and self.trailing_data[0]:
             return h11.NEED_DATA
         try:
-            return super().next_event()
+            event = super().next_event()
         except h11.RemoteProtocolError as error:
             # h11 raises it from a frame whose locals refer to the exception, so
             # its traceback would make a cycle that keeps the connection alive
             # until a full collection. The client's error needs no traceback.
             error.__traceback__ = None
             raise
+        if isinstance(event, h11.Request) and _has_both_framings(event):
+            raise h11.RemoteProtocolError(
+                "request has both Content-Length and Transfer-Encoding", error_status_hint=400
+            )
+        return event
+
+
+def _has_both_framings(request: h11.Request) -> bool:
+    """Return whether ``request`` declares both a Content-Length and a Transfer-Encoding."""
+    names = {name for name, _ in request.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 # Problems for the requests that h11 rejects before they reach the app, by

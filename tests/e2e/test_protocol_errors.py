@@ -50,6 +50,18 @@ def exchange_raw(server: ServerProcess, data: bytes) -> bytes:
             "transfer_encoding_not_supported",
             id="transfer-encoding",
         ),
+        pytest.param(
+            # Both framings, and a request pipelined after the body: only the
+            # 400 comes back, and the connection closes.
+            b"POST /v1/download/check HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b'12\r\n{"file_id": 70000}\r\n0\r\n\r\n'
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "malformed_request",
+            id="content-length-and-transfer-encoding",
+        ),
     ],
 )
 def test_rejected_request_gets_problem(
