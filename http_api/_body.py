@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, TypeVar
 
+import trio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from quart import request
+from quart import g, request
+from werkzeug.exceptions import RequestTimeout
 from werkzeug.http import parse_options_header
 
 from engine import MAX_MILLISECONDS
@@ -31,6 +33,12 @@ MIN_FILE_ID = 10_000
 MAX_FILE_ID = 100_000_000
 
 FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
+
+# How long a response that has no use for the request's body waits for that
+# body (seconds). A later body is left unread, and the connection closes.
+UNREAD_BODY_WAIT_SECONDS = 2.0
+# Request-context flag (on ``g``): ``discard_body`` gave up on the body.
+_BODY_LATE_KEY = "download_jobs_body_late"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -101,6 +109,29 @@ def is_json_content_type(content_type: str) -> bool:
         mimetype.startswith("application/") and mimetype.endswith("+json")
     )
     return is_json and parameters.get("charset", "utf-8").lower() in ("utf-8", "utf8")
+
+
+async def discard_body() -> bool:
+    """Read the request's body and drop it; return False if it has not arrived in time.
+
+    Waits at most ``UNREAD_BODY_WAIT_SECONDS``. After False the rest of the
+    body is still on the connection, where it would be read as the next
+    request, so the caller closes the connection after its response. Raises
+    Quart's ``RequestEntityTooLarge`` (413) for a body over the size limit.
+    A body already read returns True at once, and a body already found late
+    returns False at once.
+    """
+    if g.get(_BODY_LATE_KEY, False):
+        return False
+    with trio.move_on_after(UNREAD_BODY_WAIT_SECONDS):
+        try:
+            await request.get_data(cache=False)
+        except RequestTimeout:
+            pass
+        else:
+            return True
+    setattr(g, _BODY_LATE_KEY, True)
+    return False
 
 
 def body_timeout_problem(seconds: float) -> Problem:

@@ -18,8 +18,9 @@ import trio
 from hypercorn.typing import HTTPScope
 from quart import Quart, Response, after_this_request, request
 from quart.typing import ResponseTypes
-from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from ._body import discard_body
 from ._problems import Problem
 from ._ratelimit import FixedWindowLimiter, Quota, client_key
 from ._request_id import (
@@ -61,10 +62,6 @@ PREFLIGHT_HEADERS = {
     # Seconds a browser may cache this preflight result.
     "Access-Control-Max-Age": "600",
 }
-
-# How long an error response waits for the rest of a body it did not read
-# (seconds). A body that takes longer closes the connection after the response.
-UNREAD_BODY_WAIT_SECONDS = 2.0
 
 # Methods counted against the poll budget; every other method uses the write budget.
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -281,18 +278,13 @@ def install_middleware(app: Quart, settings: Settings) -> CommonHeaders:
             # A response sent before the body was read (an error, or a GET
             # route, which ignores bodies) leaves that body on the connection,
             # and Hypercorn 0.18 then never answers the next request sent on
-            # it. Reading the body (at most MAX_CONTENT_LENGTH bytes) clears
-            # it; a body that the route read returns at once. A body too large,
-            # or one that has not arrived within UNREAD_BODY_WAIT_SECONDS,
-            # closes the connection instead, so a client that stops sending
-            # cannot delay the response.
-            read = False
-            with trio.move_on_after(UNREAD_BODY_WAIT_SECONDS):
-                try:
-                    await request.get_data(cache=False)
-                    read = True
-                except (RequestEntityTooLarge, RequestTimeout):
-                    pass
+            # it. Reading the body clears it. A body too large, or one that is
+            # late, closes the connection instead, so a client that stops
+            # sending cannot delay the response.
+            try:
+                read = await discard_body()
+            except RequestEntityTooLarge:
+                read = False
             if not read:
                 logger.debug(
                     "%s %s: body not read in time, closing the connection after the response",

@@ -17,6 +17,7 @@ from ._body import (
     InitiateRequest,
     StartRequest,
     check_json_content_type,
+    discard_body,
     read_json_body,
 )
 from ._context import current_jobs, current_settings
@@ -312,14 +313,17 @@ async def download_status(job_id: str) -> Response:
     them by its choice of N, and a job that moves through twenty progress
     steps costs one response per N seconds rather than twenty.
     """
-    # A read has no use for a body, but one over the size limit is rejected
-    # with 413 (Quart raises it while reading) rather than left on the connection.
-    await request.get_data(cache=False)
+    # A read has no use for a body. One over the size limit gets 413 (Quart
+    # raises it while reading) rather than staying on the connection, and a
+    # late one closes the connection after the response.
+    body_read = await discard_body()
     parse_wait(request.args.get("wait"))
     snapshot = await current_jobs().status(job_id)
     reply = StatusReply.of(snapshot, request.headers.getlist("If-None-Match"))
     response = not_modified() if reply.status == 304 else Response(reply.body)
     response.headers.update(reply.headers)
+    if not body_read:
+        response.headers["Connection"] = "close"
     return response
 
 
