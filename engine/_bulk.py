@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from ._actor import discard_file, fetch_with_retries, report_to_supervisor
-from ._archive import describe_archive
+from ._archive import create_file, describe_archive
 from ._errors import FileUnavailable, SourceError
 from ._messages import ActorExited, Message
 from ._progress import ProgressSlot
@@ -189,7 +189,8 @@ async def _build_bulk_archive(
         ],
         "missingFileIds": list(missing),
     }
-    with zipfile.ZipFile(destination, "w") as archive:
+    file = await create_file(destination)
+    with file, zipfile.ZipFile(file, "w") as archive:
         for file_id, (path, info) in fetched.items():
             member = zipfile.ZipInfo(f"{file_id}.zip", date_time=_FIXED_TIMESTAMP)
             member.external_attr = 0o644 << 16

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from engine import EngineSettings
 
@@ -67,6 +68,29 @@ def _with_deadline(test: Callable[..., Any], seconds: float) -> Callable[..., An
             await test(*args, **kwargs)
 
     return run_with_deadline
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    """pytest-trio's autojump clock, except that it does not jump while worker threads run.
+
+    The autojump moves the clock as soon as every task is blocked, and a
+    task waiting for ``trio.to_thread.run_sync`` counts as blocked. The
+    engine writes result files in worker threads, so with the plain clock a
+    job's deadline, or a test's own, could pass while a file is written.
+    See https://github.com/python-trio/trio/issues/456.
+    """
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    jump = clock._autojump
+
+    def jump_unless_threads_run() -> None:
+        if trio.testing.active_thread_count() == 0:
+            jump()
+
+    # NOTE: the run loop calls this private method when it goes idle, and
+    # MockClock cannot be subclassed; check it on trio upgrades.
+    clock._autojump = jump_unless_threads_run  # type: ignore[method-assign]
+    return clock
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 import trio
@@ -116,15 +118,30 @@ async def test_in_memory_archive_equals_streamed(autojump_clock, tmp_path, monke
     assert in_memory == streamed
 
 
-async def test_in_memory_archive_checkpoints(autojump_clock, tmp_path):
-    path = tmp_path / "small.zip"
+@pytest.mark.parametrize("size", [100, 300 * 1024], ids=["in-memory", "streamed"])
+async def test_build_archive_cancelled_before_writes_nothing(autojump_clock, tmp_path, size):
+    path = tmp_path / "never.zip"
     with trio.CancelScope() as scope:
         scope.cancel()
-        await build_archive(9, 100, path)
+        await build_archive(9, size, path)
 
     assert scope.cancelled_caught
-    # The file is complete, and the caller deletes it as after any cancel.
-    assert path.stat().st_size == archive_size(9, 100)
+    assert not path.exists()
+
+
+async def test_build_archive_writes_in_worker_thread(autojump_clock, tmp_path, monkeypatch):
+    threads: list[threading.Thread] = []
+    write_bytes = Path.write_bytes
+
+    def recording_write(self: Path, data: bytes) -> int:
+        threads.append(threading.current_thread())
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", recording_write)
+    await build_archive(9, 100, tmp_path / "small.zip")
+
+    assert len(threads) == 1
+    assert threads[0] is not threading.main_thread()
 
 
 async def test_build_archive_cancelled_leaves_partial_file(autojump_clock, tmp_path, monkeypatch):

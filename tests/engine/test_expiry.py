@@ -277,8 +277,8 @@ async def test_burst_leaves_nothing_behind(autojump_clock, make_settings, result
     """100,000 instant jobs of 0-64 bytes end and expire, and the table is empty again.
 
     Every job starts and ends at virtual time 0 and expires at 1 s. The test
-    took 40-47 s of wall time on an idle 2-core machine, and about 70 s while
-    other test runs shared it.
+    took 40-47 s of wall time on an idle 2-core machine, and about 86 s on a
+    slower one once each result file was written in a worker thread.
     """
     job_count = 100_000
     submitters = 100
