@@ -277,9 +277,9 @@ def install_middleware(app: Quart, settings: Settings) -> CommonHeaders:
         ):
             # A response sent before the body was read (an error, or a GET
             # route, which ignores bodies) leaves that body on the connection,
-            # and Hypercorn 0.18 then never answers the next request sent on
-            # it. Reading the body clears it. A body too large, or one that is
-            # late, closes the connection instead, so a client that stops
+            # and Hypercorn 0.18 then never responds to the next request sent
+            # on it. Reading the body clears it. A body too large, or one that
+            # is late, closes the connection instead, so a client that stops
             # sending cannot delay the response.
             try:
                 read = await discard_body()
