@@ -148,6 +148,10 @@ class _ClosingConnection(h11.Connection):
     after responding to it otherwise.
     """
 
+    # Whether the request that next_event rejected itself was a HEAD, whose
+    # error response must have no body.
+    rejected_head = False
+
     def receive_data(self, data: bytes) -> None:
         if data and self.their_state is h11.MUST_CLOSE:
             return
@@ -165,6 +169,7 @@ class _ClosingConnection(h11.Connection):
             error.__traceback__ = None
             raise
         if isinstance(event, h11.Request) and _has_both_framings(event):
+            self.rejected_head = event.method == b"HEAD"
             raise h11.RemoteProtocolError(
                 "request has both Content-Length and Transfer-Encoding", error_status_hint=400
             )
@@ -218,6 +223,8 @@ class _H11Protocol(H11Protocol):
     ``python -m bench._cost`` on a 2-core VM.
     """
 
+    connection: _ClosingConnection
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Replaces the connection that Hypercorn's constructor made, before any use.
@@ -267,7 +274,10 @@ class _H11Protocol(H11Protocol):
             *self.config.response_headers("h11"),
         ]
         await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
-        await self._send_h11_event(h11.Data(data=body))
+        # h11 rejects a body in the response to a HEAD, which only a request
+        # that h11 itself accepted can be.
+        if not self.connection.rejected_head:
+            await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
 
 
@@ -286,7 +296,9 @@ class _ConnectionServer(TCPServer):
     every connection, which stops the whole server. Here it ends only that
     connection, which the client has already broken. ``_ClosingConnection``
     now drops such bytes, and the catch stays for any other error that
-    Hypercorn responds to while the app's task closes the connection.
+    Hypercorn responds to while the app's task closes the connection. Any
+    other unexpected error also ends only its connection, and is logged
+    with its traceback.
     """
 
     def __init__(
@@ -350,6 +362,12 @@ class _ConnectionServer(TCPServer):
             logger.info(
                 "closed a connection after a client protocol error led to concurrent sends: %s",
                 group.exceptions[0],
+            )
+        except* Exception as group:
+            # A bug in handling one connection ends that connection only,
+            # not the server and every other client with it.
+            logger.error(
+                "closed a connection after an unexpected error in its handling", exc_info=group
             )
         finally:
             # The protocol refers back to this handler through its send callback

@@ -87,3 +87,28 @@ def test_rejected_request_gets_problem(
     assert document["detail"]
     # The server goes on serving other clients.
     assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("target", ["/health", "/no-such-path"])
+def test_head_with_both_framings_gets_bodyless_400(server: ServerProcess, target: str) -> None:
+    # The response to a HEAD has no body, so the problem document is left out.
+    received = exchange_raw(
+        server,
+        f"HEAD {target} HTTP/1.1\r\nHost: x\r\n".encode()
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+
+    head, separator, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:])
+    }
+    assert lines[0].startswith("HTTP/1.1 400")
+    assert separator
+    assert body == b""
+    assert fields["content-type"] == "application/problem+json"
+    assert fields["connection"] == "close"
+    # The server goes on serving other clients.
+    assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
