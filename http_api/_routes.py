@@ -254,7 +254,7 @@ async def health() -> Response:
             storage = "ok"
     if probe.cancelled_caught:
         logger.warning(
-            "health check failed: no storage response in %g s", HEALTH_PROBE_TIMEOUT_SECONDS
+            "health check failed: storage probe timed out after %g s", HEALTH_PROBE_TIMEOUT_SECONDS
         )
     try:
         accepting = (await jobs.stats()).accepting

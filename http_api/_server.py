@@ -148,8 +148,8 @@ class _ClosingConnection(h11.Connection):
     after responding to it otherwise.
     """
 
-    # Whether the request that next_event rejected itself was a HEAD, whose
-    # error response must have no body.
+    # Whether next_event rejected a HEAD request after h11 had parsed it. The
+    # error response to a HEAD must have no body.
     rejected_head = False
 
     def receive_data(self, data: bytes) -> None:
@@ -177,9 +177,18 @@ class _ClosingConnection(h11.Connection):
 
 
 def _has_both_framings(request: h11.Request) -> bool:
-    """Return whether ``request`` declares both a Content-Length and a Transfer-Encoding."""
-    names = {name for name, _ in request.headers}
-    return b"content-length" in names and b"transfer-encoding" in names
+    """Return whether ``request`` declares both a Content-Length and a Transfer-Encoding.
+
+    Runs for every request, so it only scans the header names, which h11
+    has already lower-cased.
+    """
+    has_length = has_encoding = False
+    for name, _ in request.headers:
+        if name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            has_encoding = True
+    return has_length and has_encoding
 
 
 # Problems for the requests that h11 rejects before they reach the app, by
@@ -274,8 +283,8 @@ class _H11Protocol(H11Protocol):
             *self.config.response_headers("h11"),
         ]
         await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
-        # h11 rejects a body in the response to a HEAD, which only a request
-        # that h11 itself accepted can be.
+        # h11 raises on a body in the response to a HEAD. Only a request that
+        # next_event rejected after h11 parsed it can be a HEAD here.
         if not self.connection.rejected_head:
             await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())

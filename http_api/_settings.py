@@ -117,9 +117,9 @@ class Settings:
     keep_alive_timeout_ms: int = 5_000
     max_body_bytes: int = MAX_BODY_BYTES
     # How long a request's body may take to arrive whole, from the request's
-    # head. A body at most 64 KiB long needs a few seconds even on a slow
-    # link; without a bound, a client that stops sending would hold its
-    # connection open forever. Later bodies get 408, and the connection closes.
+    # head. A body of at most 64 KiB needs a few seconds even on a slow link.
+    # Without a bound, a client that stops sending would hold its connection
+    # open forever. A later body gets 408, and the connection closes.
     body_timeout_ms: int = 30_000
     # Origins whose pages may read responses: ("*",) for any, else the listed
     # scheme://host[:port] origins.

@@ -25,6 +25,7 @@ from .test_keep_alive import (
     exchange,
     read_response,
 )
+from .test_protocol_errors import split_response
 
 pytestmark = pytest.mark.e2e
 
@@ -51,11 +52,7 @@ def read_until_closed(connection: socket.socket) -> tuple[int, dict[str, str], b
     while chunk := connection.recv(65536):
         data += chunk
     elapsed = time.monotonic() - started
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    fields = {
-        name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
-    }
+    status_line, fields, body = split_response(data)
     return int(status_line.split()[1]), fields, body, elapsed
 
 

@@ -28,6 +28,16 @@ def exchange_raw(server: ServerProcess, data: bytes) -> bytes:
     return received
 
 
+def split_response(received: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Split one response into its status line, header fields (names in lower case) and body."""
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = {
+        name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
+    return status_line, fields, body
+
+
 @pytest.mark.parametrize(
     ("data", "status", "code"),
     [
@@ -67,15 +77,9 @@ def exchange_raw(server: ServerProcess, data: bytes) -> bytes:
 def test_rejected_request_gets_problem(
     server: ServerProcess, data: bytes, status: int, code: str
 ) -> None:
-    received = exchange_raw(server, data)
+    status_line, fields, body = split_response(exchange_raw(server, data))
 
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    fields = {
-        name.lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines[1:])
-    }
-    assert lines[0].startswith(f"HTTP/1.1 {status}")
+    assert status_line.startswith(f"HTTP/1.1 {status}")
     assert fields["content-type"] == "application/problem+json"
     assert int(fields["content-length"]) == len(body)
     assert fields["connection"] == "close"
@@ -99,14 +103,10 @@ def test_head_with_both_framings_gets_bodyless_400(server: ServerProcess, target
         + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
     )
 
-    head, separator, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    fields = {
-        name.lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines[1:])
-    }
-    assert lines[0].startswith("HTTP/1.1 400")
-    assert separator
+    status_line, fields, body = split_response(received)
+
+    assert b"\r\n\r\n" in received
+    assert status_line.startswith("HTTP/1.1 400")
     assert body == b""
     assert fields["content-type"] == "application/problem+json"
     assert fields["connection"] == "close"
