@@ -146,11 +146,22 @@ class _ClosingConnection(h11.Connection):
     different requests (request smuggling). RFC 9112, section 6.1, lets a
     server reject such a request, and requires it to close the connection
     after responding to it otherwise.
+
+    Two more checks that h11 leaves to the server: a request whose line and
+    header fields pass ``max_head_bytes`` gets 431 even when it arrived in
+    one read (h11 only limits a head that is still incomplete), and a
+    request of an HTTP major version other than 1 gets 505. The HTTP/2
+    preface (``PRI * HTTP/2.0``) passes, so that Hypercorn can switch to
+    HTTP/2 as usual.
     """
 
     # Whether next_event rejected a HEAD request after h11 had parsed it. The
     # error response to a HEAD must have no body.
     rejected_head = False
+
+    def __init__(self, max_head_bytes: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
 
     def receive_data(self, data: bytes) -> None:
         if data and self.their_state is h11.MUST_CLOSE:
@@ -168,27 +179,43 @@ class _ClosingConnection(h11.Connection):
             # until a full collection. The client's error needs no traceback.
             error.__traceback__ = None
             raise
-        if isinstance(event, h11.Request) and _has_both_framings(event):
-            self.rejected_head = event.method == b"HEAD"
-            raise h11.RemoteProtocolError(
-                "request has both Content-Length and Transfer-Encoding", error_status_hint=400
-            )
+        if isinstance(event, h11.Request):
+            rejection = _request_error(event, self.max_head_bytes)
+            if rejection is not None:
+                self.rejected_head = event.method == b"HEAD"
+                raise rejection
         return event
 
 
-def _has_both_framings(request: h11.Request) -> bool:
-    """Return whether ``request`` declares both a Content-Length and a Transfer-Encoding.
+def _request_error(request: h11.Request, max_head_bytes: int) -> h11.RemoteProtocolError | None:
+    """Return the error to reject ``request`` with, or None if it may go on.
 
-    Runs for every request, so it only scans the header names, which h11
-    has already lower-cased.
+    Runs for every request, so it makes one pass over the header fields,
+    whose names h11 has already lower-cased. The size counts the bytes of
+    the method, target, names and values, a little less than the head on
+    the wire.
     """
     has_length = has_encoding = False
-    for name, _ in request.headers:
+    size = len(request.method) + len(request.target)
+    for name, value in request.headers:
+        size += len(name) + len(value)
         if name == b"content-length":
             has_length = True
         elif name == b"transfer-encoding":
             has_encoding = True
-    return has_length and has_encoding
+    if size > max_head_bytes:
+        return h11.RemoteProtocolError("request head too large", error_status_hint=431)
+    if has_length and has_encoding:
+        return h11.RemoteProtocolError(
+            "request has both Content-Length and Transfer-Encoding", error_status_hint=400
+        )
+    if not request.http_version.startswith(b"1.") and not _is_http2_preface(request):
+        return h11.RemoteProtocolError("HTTP version not supported", error_status_hint=505)
+    return None
+
+
+def _is_http2_preface(request: h11.Request) -> bool:
+    return request.method == b"PRI" and request.target == b"*" and request.http_version == b"2.0"
 
 
 # Problems for the requests that h11 rejects before they reach the app, by
@@ -212,6 +239,12 @@ _PROTOCOL_PROBLEMS = {
         "transfer_encoding_not_supported",
         "Transfer-Encoding not supported",
         "The only Transfer-Encoding the server accepts is chunked.",
+    ),
+    505: Problem(
+        505,
+        "http_version_not_supported",
+        "HTTP version not supported",
+        "The server speaks HTTP/1.0, HTTP/1.1 and HTTP/2.",
     ),
 }
 
@@ -237,9 +270,7 @@ class _H11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Replaces the connection that Hypercorn's constructor made, before any use.
-        self.connection = _ClosingConnection(
-            h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size
-        )
+        self.connection = _ClosingConnection(self.config.h11_max_incomplete_size)
         self._unsent_head = b""
 
     async def stream_send(self, event: StreamEvent) -> None:

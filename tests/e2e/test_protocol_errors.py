@@ -55,6 +55,25 @@ def split_response(received: bytes) -> tuple[str, dict[str, str], bytes]:
             id="headers-too-large",
         ),
         pytest.param(
+            # Small enough for one read, which h11 does not limit by itself.
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+            id="headers-too-large-in-one-read",
+        ),
+        pytest.param(
+            b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+            id="http-version-9",
+        ),
+        pytest.param(
+            b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+            505,
+            "http_version_not_supported",
+            id="http-2-request-line",
+        ),
+        pytest.param(
             b"POST /v1/download/start HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
             501,
             "transfer_encoding_not_supported",
@@ -112,3 +131,25 @@ def test_head_with_both_framings_gets_bodyless_400(server: ServerProcess, target
     assert fields["connection"] == "close"
     # The server goes on serving other clients.
     assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
+
+
+def test_head_with_too_large_head_gets_bodyless_431(server: ServerProcess) -> None:
+    received = exchange_raw(
+        server, b"HEAD /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    )
+
+    status_line, fields, body = split_response(received)
+
+    assert status_line.startswith("HTTP/1.1 431")
+    assert body == b""
+    assert fields["content-type"] == "application/problem+json"
+
+
+def test_http2_with_prior_knowledge_is_served(server: ServerProcess) -> None:
+    # The version check lets the HTTP/2 preface through to Hypercorn.
+    with httpx.Client(http1=False, http2=True, trust_env=False, timeout=5) as client:
+        response = client.get(f"{server.base_url}/health")
+
+    assert response.http_version == "HTTP/2"
+    assert response.status_code == 200
+    assert response.json()["status"] == "healthy"
