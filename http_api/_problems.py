@@ -12,7 +12,6 @@ meant to be dereferenced, which RFC 9457 allows.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -32,7 +31,7 @@ from engine import (
     SupervisorClosed,
 )
 
-from ._render import render_snapshot
+from ._render import encode_json, render_snapshot
 from ._request_id import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -97,7 +96,7 @@ class Problem(Exception):
         document = self.document()
         if request_id is not None:
             document["requestId"] = request_id
-        body = json.dumps(document).encode()
+        body = encode_json(document)
         headers = [("Content-Type", PROBLEM_MEDIA_TYPE), ("Content-Length", str(len(body)))]
         return headers + list(self.headers.items()), body
 

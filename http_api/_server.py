@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import re
@@ -38,6 +37,7 @@ from engine import JobClient, SupervisorClosed, manage_garbage_collection
 from ._app import create_app
 from ._context import CLIENT_KEY, STATUS_LAYER_KEY
 from ._problems import PROBLEM_MEDIA_TYPE, Problem
+from ._render import encode_json
 from ._settings import Settings
 from ._status_layer import StatusLayer
 
@@ -306,7 +306,7 @@ class _H11Protocol(H11Protocol):
             "Malformed request",
             f"The server cannot process this request (status {status_code}).",
         )
-        body = json.dumps(problem.document()).encode()
+        body = encode_json(problem.document())
         headers = [
             (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),

@@ -103,6 +103,7 @@ def test_rejected_request_gets_problem(
     assert int(fields["content-length"]) == len(body)
     assert fields["connection"] == "close"
     document = json.loads(body)
+    assert body == json.dumps(document, separators=(",", ":")).encode() + b"\n"
     assert document["status"] == status
     assert document["code"] == code
     assert document["type"] == f"tag:download-jobs,2026:problem:{code}"

@@ -106,7 +106,7 @@ async def test_closed_connection_freed_without_collector():
 async def test_malformed_request_freed_without_collector():
     gc.disable()
     try:
-        handler, writes = await exchange(hello, b"}", b"GET / HTTP/1.1 extra\r\n\r\n")
+        handler, writes = await exchange(hello, b"}\n", b"GET / HTTP/1.1 extra\r\n\r\n")
 
         assert writes[0].startswith(b"HTTP/1.1 400")
         assert handler() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -77,3 +78,21 @@ async def test_routing_error_leaves_no_cycle(autojump_clock, api, method, path):
 
     assert response.status_code in (404, 405)
     assert [item for item in garbage if isinstance(item, HTTPException)] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        pytest.param("GET", "/v1/nothing-here", b"", id="route-problem"),
+        pytest.param("POST", "/v1/download/start", b"{", id="start-layer-problem"),
+        pytest.param("GET", "/health", b"", id="success"),
+    ],
+)
+async def test_json_bodies_share_one_encoding(autojump_clock, api, method, path, body):
+    # Problems and success documents alike: compact, then one newline.
+    headers = {"Content-Type": "application/json"} if body else None
+    response = await api.send_raw(method, path, body, headers)
+
+    document = json.loads(response.body)
+    assert response.body == json.dumps(document, separators=(",", ":")).encode() + b"\n"
+    assert int(response.headers["Content-Length"]) == len(response.body)
