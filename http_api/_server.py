@@ -36,6 +36,7 @@ from engine import JobClient, SupervisorClosed, manage_garbage_collection
 
 from ._app import create_app
 from ._context import CLIENT_KEY, STATUS_LAYER_KEY
+from ._openapi import build_document
 from ._problems import PROBLEM_MEDIA_TYPE, Problem
 from ._render import encode_json
 from ._settings import Settings
@@ -477,6 +478,7 @@ async def serve(
     config.keep_alive_timeout = settings.keep_alive_timeout
     config.backlog = LISTEN_BACKLOG
     app = create_app(settings)
+    await trio.to_thread.run_sync(build_document, app)
 
     # NOTE: Hypercorn builds each connection's handler and HTTP/1.1 protocol
     # from these module attributes, the only way to replace them; check them

@@ -39,6 +39,7 @@ from http_api import (
     create_app,
 )
 from http_api._context import CLIENT_KEY
+from http_api._openapi import build_document
 from http_api._schemas import (
     MAX_WAIT_QUERY_SECONDS,
     RETRY_AFTER_RANGE_SECONDS,
@@ -328,6 +329,28 @@ async def test_document_built_once(autojump_clock, harness, monkeypatch):
 
     assert again == harness.contract.document
     assert built == 0
+
+
+async def test_document_built_ahead_of_requests(autojump_clock, tmp_path, monkeypatch):
+    built = 0
+    build = OpenAPIProvider.schema
+
+    def counting_build(provider: OpenAPIProvider) -> dict[str, Any]:
+        nonlocal built
+        built += 1
+        return build(provider)
+
+    monkeypatch.setattr(OpenAPIProvider, "schema", counting_build)
+    engine = EngineSettings(results_dir=tmp_path / "results", **SMALL_ARCHIVES)
+    app = create_app(Settings(engine=engine))
+    # The way the server builds it: in a worker thread, before any request.
+    await trio.to_thread.run_sync(build_document, app)
+    assert built == 1
+    async with app.test_app() as test_app:
+        document = await fetch_document(test_app.test_client())
+
+    assert built == 1
+    assert document["info"]["title"] == "download-jobs"
 
 
 async def test_document_lists_every_route(autojump_clock, tmp_path):
