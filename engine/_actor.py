@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from ._errors import SourceError, TransientSourceError
-from ._messages import ActorExited, AttemptStarted, Message
+from ._messages import ActorExited, AttemptFailed, AttemptStarted, Message
 from ._progress import ProgressSlot
 from ._retry import RetryPolicy
 from ._snapshot import JobError, ResultInfo
@@ -104,6 +104,7 @@ async def fetch_with_retries(
                 exc,
                 wait,
             )
+            report_to_supervisor(reports, AttemptFailed(job_id, attempt, wait))
             await trio.sleep(wait)
             attempt += 1
 

@@ -5,8 +5,9 @@ reply channel; the supervisor sends exactly one ``outcome.Outcome`` on it
 and never waits, so a caller that went away cannot stall it.
 
 Reports come from actors. Every actor sends exactly one ``ActorExited``, as
-the last thing it does, whatever way it ends, and one ``AttemptStarted``
-before each retry.
+the last thing it does, whatever way it ends. Before each retry it sends
+one ``AttemptFailed`` when the failed attempt's backoff begins and one
+``AttemptStarted`` when the backoff ends.
 """
 
 from __future__ import annotations
@@ -87,6 +88,15 @@ class ShutdownRequest:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AttemptFailed:
+    """An attempt failed transiently, and the actor retries after ``retry_in`` seconds."""
+
+    job_id: str
+    attempt: int  # the attempt that failed
+    retry_in: float  # seconds of backoff before the next attempt
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class AttemptStarted:
     """An actor is about to retry; sent only for attempts after the first."""
 
@@ -119,4 +129,4 @@ Request = (
     | DrainRequest
     | ShutdownRequest
 )
-Message = Request | AttemptStarted | ActorExited
+Message = Request | AttemptFailed | AttemptStarted | ActorExited

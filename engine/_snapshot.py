@@ -60,6 +60,9 @@ class JobSnapshot:
     queue_position: int | None = None
     # Attempt running or last run, 1 for the first; 0 before the job starts.
     attempt: int = 0
+    # While a processing single-file job waits to retry a failed attempt:
+    # when attempt ``attempt + 1`` starts. None otherwise.
+    retry_at: datetime | None = None
     # When the job fails with code "timeout" unless it has finished.
     deadline_at: datetime | None = None
     # When a finished job and its result will be removed.
@@ -150,9 +153,10 @@ class JobWatch:
     """A snapshot plus the job's next state change, for a watcher to wait on.
 
     ``changed`` is set at the job's next state change: a status transition
-    (which also brings any result or error), the start of a retry, or the
-    job's removal. Progress, queue position and a bulk job's file states move
-    continually and never set it; a watcher reads them when it wakes.
+    (which also brings any result or error), a failed attempt that will be
+    retried, the start of the retry, or the job's removal. Progress, queue
+    position and a bulk job's file states move continually and never set it;
+    a watcher reads them when it wakes.
     """
 
     snapshot: JobSnapshot

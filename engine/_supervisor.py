@@ -72,6 +72,7 @@ from ._errors import (
 )
 from ._messages import (
     ActorExited,
+    AttemptFailed,
     AttemptStarted,
     CancelRequest,
     DrainRequest,
@@ -241,10 +242,22 @@ class Supervisor:
                 self._stop_replies.append(reply)
                 self._stop_requested = True
                 self._begin_drain(0.0)
+            case AttemptFailed(job_id=job_id):
+                job = self._table.get(job_id)
+                # A bulk job's files retry on their own schedules, so one time
+                # for the whole job would mislead; its files stay "processing".
+                if job is not None and not job.status.is_terminal and job.file_ids is None:
+                    now_wall = self._wall_clock()
+                    job.retry_due = trio.current_time() + message.retry_in
+                    job.retry_at = now_wall + timedelta(seconds=message.retry_in)
+                    job.updated_at = max(job.updated_at, now_wall)
+                    self._table.notify(job)
             case AttemptStarted(job_id=job_id):
                 job = self._table.get(job_id)
                 if job is not None and not job.status.is_terminal:
                     logger.info("job %s: attempt %d started", job_id, message.attempt)
+                    job.retry_at = job.retry_due = None
+                    job.updated_at = max(job.updated_at, self._wall_clock())
                     self._table.notify(job)
             case ActorExited():
                 self._actor_exited(message)
@@ -591,6 +604,8 @@ class Supervisor:
                 eta = max(finishes_at - now, 0.0)
             step_at = self._next_progress_step_at(job, now)
             next_change = eta if step_at is None else step_at - now
+            if job.retry_due is not None:
+                next_change = max(job.retry_due - now, 0.0)
         if job.status is JobStatus.QUEUED:
             queue_position = self._table.queue_position(job)
             interval = self._completion_interval(now)
@@ -616,6 +631,7 @@ class Supervisor:
             next_change_seconds=next_change,
             queue_position=queue_position,
             attempt=job.slot.attempt if job.slot is not None else 0,
+            retry_at=job.retry_at if job.status is JobStatus.PROCESSING else None,
             deadline_at=None if terminal else job.created_at + timedelta(seconds=job.timeout),
             expires_at=expires_at,
             **self._bulk_fields(job),
@@ -701,7 +717,7 @@ class Supervisor:
                 message = self._inbox_receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            if not isinstance(message, ActorExited | AttemptStarted):
+            if not isinstance(message, ActorExited | AttemptFailed | AttemptStarted):
                 _send_reply(message.reply, outcome.Error(SupervisorClosed()))
         # Every actor has ended by now, because the nursery has exited, so
         # waiting drain and shutdown callers get their reply even when the

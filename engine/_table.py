@@ -47,6 +47,8 @@ class Job:
         "progress",
         "result",
         "result_path",
+        "retry_at",
+        "retry_due",
         "scope",
         "sequence",
         "slot",
@@ -85,6 +87,10 @@ class Job:
         self.result: ResultInfo | None = None
         self.result_path: Path | None = None
         self.error: JobError | None = None
+        # While a single-file job waits out a retry's backoff: when the next
+        # attempt starts, on the wall clock and on the trio clock.
+        self.retry_at: datetime | None = None
+        self.retry_due: float | None = None
         self.idempotency_key: str | None = None
         self.fingerprint: object = None
         # Set (and dropped) when the job's snapshot changes other than by the

@@ -51,6 +51,8 @@ def render_snapshot(snapshot: JobSnapshot) -> dict[str, Any]:
     }
     if snapshot.queue_position is not None:
         body["queuePosition"] = snapshot.queue_position
+    if snapshot.retry_at is not None:
+        body["retryAt"] = render_time(snapshot.retry_at)
     if snapshot.deadline_at is not None:
         body["deadlineAt"] = render_time(snapshot.deadline_at)
     if snapshot.expires_at is not None:

@@ -164,11 +164,19 @@ class JobStatusFields(ResponseModel):
     status: JobStatusValue
     progress: int = Field(ge=0, le=100, description="Percent, 100 exactly when done")
     created_at: Timestamp
-    updated_at: Timestamp
+    updated_at: Timestamp = Field(
+        description="Last change of status, progress step or attempt (failed or started)"
+    )
     attempt: int = Field(ge=0, description="Attempt running or last run, 0 before the job starts")
     status_url: Path
     queue_position: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = _omitted(
         description="1 for the next job to start, present only while queued"
+    )
+    retry_at: Timestamp | SkipJsonSchema[None] = _omitted(
+        description=(
+            "When the next attempt starts, present only while a job for one file waits "
+            "to retry a failed attempt"
+        )
     )
     deadline_at: Timestamp | SkipJsonSchema[None] = _omitted(
         description="When the job fails with error code timeout, present only while unfinished"
@@ -350,8 +358,9 @@ class StatusQuery(BaseModel):
         _omitted(
             description=(
                 "Long poll: with If-None-Match naming the current ETag, wait up to this many "
-                "seconds (at most 30 are used). Answers at once when the status or attempt "
-                "changes, otherwise when the time is up, with the progress reached by then"
+                "seconds (at most 30 are used). Answers at once when the status changes or an "
+                "attempt fails or starts, otherwise when the time is up, with the progress "
+                "reached by then"
             ),
         )
     )

@@ -193,6 +193,61 @@ async def test_backoff_waits_within_bounds(autojump_clock, make_settings):
     assert len({round(wait, 6) for wait in waits}) > len(waits) // 2
 
 
+async def test_snapshot_shows_retry_time(autojump_clock, make_settings, wall_clock):
+    settings = make_settings(job_max_attempts=2, retry_backoff_base_ms=10_000)
+    source = FlakySource(failures=1, fail_after=5.0)
+    async with started_supervisor(settings, source, wall_clock=wall_clock) as client:
+        submitted = await client.submit(1)
+        watch = await client.watch(submitted.job_id)
+        # The failed attempt changes the document, so the watch wakes at once.
+        await watch.changed.wait()
+        failed_at = trio.current_time()
+        waiting = await client.status(submitted.job_id)
+        done = await wait_until_finished(client, submitted.job_id)
+
+    first, second = source.attempts
+    assert first.ended_at == failed_at
+    backoff = second.started_at - failed_at
+    assert backoff > 0
+    assert waiting.status is JobStatus.PROCESSING
+    assert waiting.attempt == 1
+    assert waiting.retry_at == wall_clock.at(second.started_at)
+    assert waiting.next_change_seconds == pytest.approx(backoff, abs=TIME_TOLERANCE)
+    assert done.status is JobStatus.DONE
+    assert done.attempt == 2
+    assert done.retry_at is None
+
+
+async def test_retry_time_cleared_by_next_attempt(autojump_clock, make_settings):
+    settings = make_settings(job_max_attempts=2, retry_backoff_base_ms=10_000)
+    source = FlakySource(failures=1, duration=100.0, fail_after=5.0)
+    async with started_supervisor(settings, source) as client:
+        submitted = await client.submit(1)
+        samples = []
+        while len(source.attempts) < 2:
+            samples.append(await client.status(submitted.job_id))
+            await trio.sleep(0.01)
+        retrying = await client.status(submitted.job_id)
+        cancelled = await client.cancel(submitted.job_id)
+
+    assert any(sample.retry_at is not None for sample in samples)
+    assert retrying.attempt == 2
+    assert retrying.retry_at is None
+    assert cancelled.retry_at is None
+
+
+async def test_bulk_snapshot_has_no_retry_time(autojump_clock, make_settings):
+    settings = make_settings(job_max_attempts=2, retry_backoff_base_ms=10_000)
+    source = FlakySource(failures=1, fail_after=5.0)
+    async with started_supervisor(settings, source) as client:
+        submitted = await client.submit_bulk([1, 2])
+        samples = await sample_until_finished(client, submitted.job_id)
+
+    assert len(source.attempts) == 4
+    assert samples[-1].status is JobStatus.DONE
+    assert all(sample.retry_at is None for sample in samples)
+
+
 async def test_every_attempt_failing_ends_failed(autojump_clock, make_settings):
     settings = make_settings(job_max_attempts=4)
     source = FlakySource(failures=math.inf, fail_after=1.0)

@@ -203,21 +203,30 @@ async def test_changed_set_on_removal(autojump_clock, make_settings):
             await client.status(submitted.job_id)
 
 
-async def test_changed_set_on_attempt(autojump_clock, make_settings):
-    # No backoff, so the second attempt starts the moment the first fails.
-    settings = make_settings(retry_backoff_base_ms=0)
+async def test_changed_set_on_attempt_failure_and_start(autojump_clock, make_settings):
+    # The backoff after the first attempt is drawn from [0, 4] s.
+    settings = make_settings(retry_backoff_base_ms=4_000)
     source = FlakySource(StallSource(), fail_after=3)
     async with started_supervisor(settings, source) as client:
         started = trio.current_time()
         submitted = await submit_and_settle(client)
         watch = await client.watch(submitted.job_id)
         await watch.changed.wait()
-        woke_at = trio.current_time()
+        failed_at = trio.current_time()
+        waiting = await client.status(submitted.job_id)
+        next_watch = await client.watch(submitted.job_id)
+        await next_watch.changed.wait()
+        retried_at = trio.current_time()
         retrying = await client.status(submitted.job_id)
 
         assert watch.snapshot.attempt == 1
-        assert woke_at == pytest.approx(started + 3, abs=1e-9)
+        assert failed_at == pytest.approx(started + 3, abs=1e-9)
+        assert waiting.attempt == 1
+        assert waiting.retry_at is not None
+        assert waiting.next_change_seconds is not None
+        assert retried_at - failed_at == pytest.approx(waiting.next_change_seconds, abs=1e-9)
         assert retrying.attempt == 2
+        assert retrying.retry_at is None
         assert retrying.status is JobStatus.PROCESSING
 
         cancelled = await client.cancel(submitted.job_id)

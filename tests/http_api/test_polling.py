@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,35 @@ async def test_etag_changes_on_attempt(autojump_clock, open_client):
     assert after_body["status"] == "processing"
     assert before.headers["ETag"] != after.headers["ETag"]
     assert cancelled["status"] == "cancelled"
+
+
+async def test_long_poll_returns_retry_time(autojump_clock, open_client):
+    # Attempt 1 fails at 3 s. The backoff is drawn from [0, 20] s, and the
+    # next attempt stalls.
+    source = FlakySource(fail_after=3)
+    async with open_client(source=source, retry_backoff_base_ms=20_000) as client:
+        job_id = await start(client)
+        etag = await current_tag(client, job_id)
+        response, elapsed = await timed_status(client, job_id, if_none_match=etag, wait="30")
+        waiting = await response.get_json()
+        # Past the longest backoff, so attempt 2 runs.
+        await trio.sleep(21)
+        retrying = await (await get_status(client, job_id)).get_json()
+        cancelled = await cancel(client, job_id)
+
+    assert response.status_code == 200
+    assert elapsed == 3
+    assert waiting["status"] == "processing"
+    assert waiting["attempt"] == 1
+    retry_at = datetime.fromisoformat(waiting["retryAt"])
+    updated_at = datetime.fromisoformat(waiting["updatedAt"])
+    backoff = (retry_at - updated_at).total_seconds()
+    assert 0 <= backoff <= 20
+    assert 1 <= int(response.headers["Retry-After"]) <= 10
+    assert source.attempts == 2
+    assert retrying["attempt"] == 2
+    assert "retryAt" not in retrying
+    assert "retryAt" not in cancelled
 
 
 async def test_etag_changes_on_error(autojump_clock, open_client):
