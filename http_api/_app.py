@@ -22,6 +22,7 @@ from ._routes import routes
 from ._settings import Settings
 from ._start import StartLayer
 from ._status_layer import JOB_ID_REGEX, StatusLayer
+from ._websocket import WebSocketRejector
 
 logger = logging.getLogger("http_api")
 
@@ -98,7 +99,7 @@ def create_app(settings: Settings) -> Quart:
         admit,
         max_body_bytes=settings.max_body_bytes,
     )
-    app.asgi_app = status_layer  # type: ignore[method-assign]
+    app.asgi_app = WebSocketRejector(status_layer)  # type: ignore[method-assign]
     app.extensions[STATUS_LAYER_KEY] = status_layer
 
     app.extensions[SETTINGS_KEY] = settings

@@ -154,3 +154,25 @@ def test_http2_with_prior_knowledge_is_served(server: ServerProcess) -> None:
     assert response.http_version == "HTTP/2"
     assert response.status_code == 200
     assert response.json()["status"] == "healthy"
+
+
+@pytest.mark.parametrize("target", ["/health", "/v1/download/start", "/no-such-path"])
+def test_websocket_handshake_gets_problem(server: ServerProcess, target: str) -> None:
+    # The service has no WebSocket endpoints. Before the fix, Quart routed the
+    # handshake, failed in a request hook and sent an empty 500.
+    received = exchange_raw(
+        server,
+        f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n".encode()
+        + b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        + b"Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+
+    status_line, fields, body = split_response(received)
+    document = json.loads(body)
+
+    assert status_line.startswith("HTTP/1.1 400")
+    assert fields["content-type"] == "application/problem+json"
+    assert document["code"] == "websocket_not_supported"
+    assert document["requestId"] == fields["x-request-id"]
+    assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
+    assert "Traceback" not in server.log
