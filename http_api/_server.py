@@ -16,9 +16,9 @@ import hypercorn.protocol
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
-from hypercorn.events import RawData
+from hypercorn.events import RawData, Updated
 from hypercorn.protocol.events import Body, EndBody, Event as StreamEvent, Response
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
@@ -299,6 +299,17 @@ class _H11Protocol(H11Protocol):
         data, self._unsent_head = self._unsent_head + data, b""
         if data:
             await self.send(RawData(data=data))
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        try:
+            await super()._check_protocol(event)
+        except H2ProtocolAssumedError:
+            # The HTTP/2 preface is not a request, but Hypercorn has already
+            # reported it as one in progress, and HTTP/2 only reports the
+            # connection idle again when a stream closes. A client that sent
+            # the preface and no request would hold the connection forever.
+            await self.send(Updated(idle=True))
+            raise
 
     async def _send_error_response(self, status_code: int) -> None:
         problem = _PROTOCOL_PROBLEMS.get(status_code) or Problem(

@@ -122,6 +122,26 @@ def test_idle_connection_closed_after_timeout(
     assert idle < WAIT_SECONDS
 
 
+# The HTTP/2 connection preface, then an empty SETTINGS frame (RFC 9113, section 3.4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def test_idle_http2_connection_closed_after_timeout(start_server: StartServer) -> None:
+    # A client that opens HTTP/2 and never sends a request. Before the fix,
+    # the server kept such a connection open for good.
+    server = start_server(KEEP_ALIVE_TIMEOUT_MS=str(KEEP_ALIVE_MS), **SLOW_JOBS)
+    with connect(server) as connection:
+        connection.sendall(HTTP2_PREFACE)
+        started = time.monotonic()
+        # The server's own SETTINGS and acknowledgement come first.
+        while connection.recv(65536):
+            pass
+        idle = time.monotonic() - started
+
+    assert idle >= KEEP_ALIVE_MS / 1000 * 0.9
+    assert idle < WAIT_SECONDS
+
+
 def test_polls_within_timeout_keep_connection(start_server: StartServer) -> None:
     server = start_server(KEEP_ALIVE_TIMEOUT_MS=str(KEEP_ALIVE_MS), **SLOW_JOBS)
     with connect(server) as connection:
