@@ -102,14 +102,37 @@ class JobClient:
         ``file_ids`` must be non-empty and free of duplicates; the caller
         reports collapsed duplicates. Otherwise like ``submit``.
         """
+        snapshot, _ = await self.submit_bulk_idempotent(file_ids, job_timeout=job_timeout)
+        return snapshot
+
+    async def submit_bulk_idempotent(
+        self,
+        file_ids: tuple[int, ...],
+        *,
+        job_timeout: float | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: object = None,
+    ) -> tuple[JobSnapshot, bool]:
+        """Like ``submit_bulk``, but return an existing job for a repeated idempotency key.
+
+        Keys are shared with ``submit_idempotent``: a key used for a job of
+        either kind with another fingerprint raises ``IdempotencyConflict``.
+        Otherwise like ``submit_idempotent``.
+        """
         if not file_ids or len(set(file_ids)) != len(file_ids):
             raise ValueError("file_ids must be a non-empty tuple without duplicates")
         if job_timeout is not None and not job_timeout > 0:
             raise ValueError(f"job timeout must be positive, got {job_timeout}")
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ValueError(
+                f"idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
         submission: tuple[JobSnapshot, bool] = await self._request(
-            lambda reply: SubmitRequest(file_ids[0], job_timeout, file_ids, None, None, reply)
+            lambda reply: SubmitRequest(
+                file_ids[0], job_timeout, file_ids, idempotency_key, fingerprint, reply
+            )
         )
-        return submission[0]
+        return submission
 
     async def status(self, job_id: str) -> JobSnapshot:
         """Return the job's current snapshot.

@@ -49,7 +49,7 @@ from ._schemas import (
     UnhealthyReport,
     UnsupportedMediaTypeHeaders,
 )
-from ._start import StartSubmission, check_timeout
+from ._start import StartSubmission, check_timeout, parse_idempotency_key
 from ._status_layer import parse_wait
 
 logger = logging.getLogger("http_api")
@@ -151,15 +151,28 @@ async def start_download() -> Response:
     """,
 )
 @document_request(InitiateRequest)
+@document_headers(StartHeaders)
 @responds(202, BulkJobAccepted, "Bulk job created and queued", AcceptedHeaders)
+@responds(
+    200,
+    JobStatusDocument,
+    "The Idempotency-Key was used before with the same body: the existing job as it is now",
+    AcceptedHeaders,
+)
 @responds(
     400,
     ProblemDocument,
-    "Invalid JSON (code invalid_json), or a body that does not match the schema or a "
-    "timeout_ms above JOB_TIMEOUT_MS (code invalid_body, with field)",
+    "Invalid JSON (code invalid_json), a body that does not match the schema or a "
+    "timeout_ms above JOB_TIMEOUT_MS (code invalid_body, with field), or an invalid "
+    "Idempotency-Key",
 )
 @responds(413, ProblemDocument, _BODY_TOO_LARGE)
 @responds(415, ProblemDocument, _NOT_JSON, UnsupportedMediaTypeHeaders)
+@responds(
+    422,
+    ProblemDocument,
+    "The Idempotency-Key was used before with a different body (code idempotency_key_reused)",
+)
 @responds(
     503,
     ProblemDocument,
@@ -169,22 +182,33 @@ async def start_download() -> Response:
 )
 async def initiate_bulk_download() -> Response:
     body = await read_json_body(InitiateRequest)
+    key = parse_idempotency_key(request.headers.getlist("Idempotency-Key"))
     check_timeout(body.timeout_ms, current_settings().engine.job_timeout_ms)
     unique = tuple(dict.fromkeys(body.file_ids))
     duplicates = sorted({file_id for file_id in body.file_ids if body.file_ids.count(file_id) > 1})
     job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000
-    snapshot = await current_jobs().submit_bulk(unique, job_timeout=job_timeout)
-    response = jsonify(
-        {
-            "jobId": snapshot.job_id,
-            "status": snapshot.status.value,
-            "totalFileIds": len(unique),
-            "duplicateFileIds": duplicates,
-            "statusUrl": status_path(snapshot.job_id),
-            "resultUrl": result_path(snapshot.job_id),
-        }
+    snapshot, created = await current_jobs().submit_bulk_idempotent(
+        unique,
+        job_timeout=job_timeout,
+        idempotency_key=key,
+        # Never equal to a start's fingerprint, so a key cannot switch kinds.
+        fingerprint=("bulk", tuple(body.file_ids), body.timeout_ms),
     )
-    response.status_code = 202
+    if created:
+        response = jsonify(
+            {
+                "jobId": snapshot.job_id,
+                "status": snapshot.status.value,
+                "totalFileIds": len(unique),
+                "duplicateFileIds": duplicates,
+                "statusUrl": status_path(snapshot.job_id),
+                "resultUrl": result_path(snapshot.job_id),
+            }
+        )
+        response.status_code = 202
+    else:
+        # A repeated Idempotency-Key: the existing job, as it is now.
+        response = jsonify(render_snapshot(snapshot))
     response.headers["Location"] = status_path(snapshot.job_id)
     response.headers["Retry-After"] = str(POLL_INTERVAL_SECONDS)
     return response

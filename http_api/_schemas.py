@@ -306,7 +306,7 @@ class StartHeaders(HeaderModel):
     idempotency_key: IdempotencyKey | SkipJsonSchema[None] = _omitted(
         alias="Idempotency-Key",
         description=(
-            "Repeating a start with the same key and body returns the existing job (200) "
+            "Repeating the request with the same key and body returns the existing job (200) "
             "instead of creating one. The same key with another body gets 422"
         ),
     )

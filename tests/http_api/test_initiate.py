@@ -171,6 +171,67 @@ async def test_initiate_invalid_body(autojump_clock, api, body, field, fragment)
     assert "\ndownload_jobs_submitted_total 0.0\n" in metrics
 
 
+async def test_initiate_repeated_key_returns_same_job(autojump_clock, api):
+    headers = {"Idempotency-Key": "bulk-1"}
+    first = await api.client.post(INITIATE_PATH, json={"file_ids": PRESENT_IDS}, headers=headers)
+    again = await api.client.post(INITIATE_PATH, json={"file_ids": PRESENT_IDS}, headers=headers)
+    created = await first.get_json()
+    repeated = await again.get_json()
+    finished = await finish(api.client, created["jobId"])
+
+    assert first.status_code == 202
+    assert again.status_code == 200
+    assert repeated["jobId"] == created["jobId"]
+    assert repeated["fileIds"] == PRESENT_IDS
+    assert again.headers["Location"] == created["statusUrl"]
+    assert finished["status"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("path", "first_body", "second_body"),
+    [
+        pytest.param(
+            INITIATE_PATH,
+            {"file_ids": PRESENT_IDS},
+            {"file_ids": PRESENT_IDS[:1]},
+            id="other-files",
+        ),
+        pytest.param(
+            INITIATE_PATH,
+            {"file_ids": PRESENT_IDS},
+            {"file_ids": PRESENT_IDS, "timeout_ms": 60_000},
+            id="other-timeout",
+        ),
+        pytest.param(
+            "/v1/download/start",
+            {"file_id": PRESENT_IDS[0]},
+            {"file_ids": PRESENT_IDS[:1]},
+            id="key-of-a-start",
+        ),
+    ],
+)
+async def test_initiate_reused_key_is_422(autojump_clock, api, path, first_body, second_body):
+    headers = {"Idempotency-Key": "bulk-2"}
+    first = await api.client.post(path, json=first_body, headers=headers)
+    second = await api.client.post(INITIATE_PATH, json=second_body, headers=headers)
+    problem = await second.get_json()
+
+    assert first.status_code == 202
+    assert second.status_code == 422
+    assert problem["code"] == "idempotency_key_reused"
+
+
+async def test_initiate_invalid_key_is_400(autojump_clock, api):
+    response = await api.client.post(
+        INITIATE_PATH, json={"file_ids": PRESENT_IDS}, headers={"Idempotency-Key": "has space"}
+    )
+    problem = await response.get_json()
+
+    assert response.status_code == 400
+    assert problem["code"] == "invalid_idempotency_key"
+    assert problem["field"] == "Idempotency-Key"
+
+
 async def test_initiate_timeout_over_limit(autojump_clock, api):
     response = await api.client.post(
         INITIATE_PATH, json={"file_ids": PRESENT_IDS, "timeout_ms": 300_001}

@@ -385,7 +385,7 @@ async def test_document_declares_statuses(autojump_clock, harness):
         ("GET", "/health"): [200, 429, 500, 503],
         ("GET", "/metrics"): [200, 429, 500],
         ("POST", START): [200, 202, 400, 413, 415, 422, 429, 500, 503],
-        ("POST", INITIATE): [202, 400, 413, 415, 429, 500, 503],
+        ("POST", INITIATE): [200, 202, 400, 413, 415, 422, 429, 500, 503],
         ("POST", CHECK): [200, 400, 413, 415, 429, 500],
         ("GET", STATUS): [200, 304, 400, 404, 410, 413, 429, 500, 503],
         ("GET", JOB): [200, 206, 304, 400, 404, 409, 410, 412, 416, 429, 500, 503],
@@ -556,9 +556,18 @@ async def test_initiate_responses_conform(autojump_clock, harness, tmp_path):
     empty = await send("POST", INITIATE, body=json_body({"file_ids": []}), headers=JSON_HEADERS)
     too_large = await send("POST", INITIATE, body=b" " * 70_000, headers=JSON_HEADERS)
     not_json = await send("POST", INITIATE, body=b"[]", headers={"Content-Type": "text/plain"})
+    keyed = {**JSON_HEADERS, "Idempotency-Key": "bulk-17"}
+    first = await send("POST", INITIATE, body=json_body({"file_ids": [FILE_ID]}), headers=keyed)
+    repeated = await send("POST", INITIATE, body=json_body({"file_ids": [FILE_ID]}), headers=keyed)
+    reused = await send(
+        "POST", INITIATE, body=json_body({"file_ids": [FILE_ID + 7]}), headers=keyed
+    )
 
     assert created.status == 202
     assert created.json()["duplicateFileIds"] == [FILE_ID]
+    assert first.status == 202
+    assert repeated.status == 200
+    assert reused.status == 422
     assert empty.status == 400
     assert too_large.status == 413
     assert not_json.status == 415
