@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import signal
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -50,6 +51,9 @@ GRACEFUL_TIMEOUT_SECONDS = 3.0
 # Hypercorn's default of 100, a load test opening 500 connections per second
 # on 127.0.0.1 had some of them reset. Linux caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
+
+# Maximum length of the parser message quoted in a rejected request's problem document.
+MAX_REASON_CHARACTERS = 200
 
 # ASCII control characters, which an access-log field must not write raw.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -159,6 +163,8 @@ class _ClosingConnection(h11.Connection):
     # Whether next_event rejected a HEAD request after h11 had parsed it. The
     # error response to a HEAD must have no body.
     rejected_head = False
+    # What was wrong with the rejected request, in the parser's words.
+    rejection_reason = ""
 
     def __init__(self, max_head_bytes: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
@@ -179,11 +185,13 @@ class _ClosingConnection(h11.Connection):
             # its traceback would make a cycle that keeps the connection alive
             # until a full collection. The client's error needs no traceback.
             error.__traceback__ = None
+            self.rejection_reason = str(error)
             raise
         if isinstance(event, h11.Request):
             rejection = _request_error(event, self.max_head_bytes)
             if rejection is not None:
                 self.rejected_head = event.method == b"HEAD"
+                self.rejection_reason = str(rejection)
                 raise rejection
         return event
 
@@ -256,7 +264,11 @@ class _H11Protocol(H11Protocol):
     Hypercorn responds to a request that h11 rejects (a malformed request line,
     header fields that are too long, an unknown Transfer-Encoding) with an
     empty body. Here the response carries the problem document that every
-    other error of the service has.
+    other error of the service has, with the parser's reason in its detail
+    and a new request id, which the log line of the rejection also names.
+
+    The switch to HTTP/2 after its preface marks the connection idle (see
+    ``_check_protocol``).
 
     Hypercorn writes a response's head, its body and the end of a
     Content-Length body (no bytes, but still a checkpoint) in three calls.
@@ -318,10 +330,26 @@ class _H11Protocol(H11Protocol):
             "Malformed request",
             f"The server cannot process this request (status {status_code}).",
         )
-        body = encode_json(problem.document())
+        document = problem.document()
+        # h11's messages may quote the client's bytes, so the reason is cut short.
+        reason = self.connection.rejection_reason[:MAX_REASON_CHARACTERS]
+        if reason:
+            document["detail"] += f" The parser reported: {reason}."
+        # No request id reached the app, so the id is new; the log line carries it.
+        request_id = str(uuid.uuid4())
+        document["requestId"] = request_id
+        logger.info(
+            "rejected a request from %s with %d: %s (request id %s)",
+            self.client,
+            status_code,
+            reason or "no reason given",
+            request_id,
+        )
+        body = encode_json(document)
         headers = [
             (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
             (b"connection", b"close"),
             *self.config.response_headers("h11"),
         ]

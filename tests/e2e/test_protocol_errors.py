@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ def split_response(received: bytes) -> tuple[str, dict[str, str], bytes]:
     ("data", "status", "code"),
     [
         pytest.param(b"GARBAGE\r\n\r\n", 400, "malformed_request", id="request-line"),
+        pytest.param(b"GET /health HTTP/1.1\r\n\r\n", 400, "malformed_request", id="no-host"),
         pytest.param(
             b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
             400,
@@ -108,7 +110,9 @@ def test_rejected_request_gets_problem(
     assert document["code"] == code
     assert document["type"] == f"tag:download-jobs,2026:problem:{code}"
     assert document["title"]
-    assert document["detail"]
+    assert "The parser reported: " in document["detail"]
+    assert document["requestId"] == fields["x-request-id"]
+    server.wait_for_log(re.escape(f"(request id {document['requestId']})"))
     # The server goes on serving other clients.
     assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
 
@@ -175,4 +179,15 @@ def test_websocket_handshake_gets_problem(server: ServerProcess, target: str) ->
     assert document["code"] == "websocket_not_supported"
     assert document["requestId"] == fields["x-request-id"]
     assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
+    # A rejection logs one line. Once it is in, anything the handshake logged is too.
+    _, _, later = split_response(exchange_raw(server, b"GET /health HTTP/1.1\r\n\r\n"))
+    server.wait_for_log(re.escape(json.loads(later)["requestId"]))
     assert "Traceback" not in server.log
+
+
+def test_rejection_names_the_fault(server: ServerProcess) -> None:
+    received = exchange_raw(server, b"GET /health HTTP/1.1\r\n\r\n")
+
+    _, _, body = split_response(received)
+
+    assert "Host" in json.loads(body)["detail"]
