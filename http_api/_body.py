@@ -163,19 +163,27 @@ def check_json_content_type() -> None:
         )
 
 
-async def read_json_body(model: type[ModelT]) -> ModelT:
-    """Read, parse and validate the request body as ``model``; raise a ``Problem`` if invalid."""
+async def read_json_body(model: type[ModelT], *, max_timeout_ms: int | None = None) -> ModelT:
+    """Read, parse and validate the request body as ``model``; raise a ``Problem`` if invalid.
+
+    See ``parse_json_body`` for ``max_timeout_ms``.
+    """
     check_json_content_type()
     raw = await request.get_data(cache=False, as_text=False)
     assert isinstance(raw, bytes)
-    return parse_json_body(raw, model)
+    return parse_json_body(raw, model, max_timeout_ms=max_timeout_ms)
 
 
-def parse_json_body(raw: bytes, model: type[ModelT]) -> ModelT:
+def parse_json_body(
+    raw: bytes, model: type[ModelT], *, max_timeout_ms: int | None = None
+) -> ModelT:
     """Parse and validate a whole body as ``model``; raise a 400 ``Problem`` if invalid.
 
     Checks 3 and 4 of the module's list, without the request: the caller has
-    checked the content type and the size.
+    checked the content type and the size. ``max_timeout_ms`` is the
+    ``JOB_TIMEOUT_MS`` that the caller checks ``timeout_ms`` against (see
+    ``timeout_range``), so that a value out of the schema's range gets the
+    same message as one above the setting.
     """
     try:
         text = raw.decode("utf-8")
@@ -200,10 +208,17 @@ def parse_json_body(raw: bytes, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        raise _problem_from_validation(exc, document) from None
+        raise _problem_from_validation(exc, max_timeout_ms) from None
 
 
-def _problem_from_validation(error: ValidationError, document: dict[str, Any]) -> Problem:
+def timeout_range(max_timeout_ms: int | None) -> str:
+    """Return the range of ``timeout_ms`` as the problem documents state it."""
+    if max_timeout_ms is None:
+        return f"from 1 to {MAX_MILLISECONDS}"
+    return f"from 1 to JOB_TIMEOUT_MS ({max_timeout_ms})"
+
+
+def _problem_from_validation(error: ValidationError, max_timeout_ms: int | None) -> Problem:
     first = error.errors(include_url=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or None
     value = first.get("input")
@@ -220,7 +235,7 @@ def _problem_from_validation(error: ValidationError, document: dict[str, Any]) -
     elif kind in ("greater_than_equal", "less_than_equal") and is_file_id:
         detail = f"{field} must be from {MIN_FILE_ID} to {MAX_FILE_ID}, got {value}"
     elif kind in ("greater_than_equal", "less_than_equal"):
-        detail = f"{field} must be from 1 to {MAX_MILLISECONDS}, got {value}"
+        detail = f"{field} must be {timeout_range(max_timeout_ms)}, got {value}"
     elif kind.startswith("int_"):
         detail = f"{field} must be an integer, got {_json_type_name(value)}"
     else:

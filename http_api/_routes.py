@@ -181,9 +181,10 @@ async def start_download() -> Response:
     RetryAfterHeaders,
 )
 async def initiate_bulk_download() -> Response:
-    body = await read_json_body(InitiateRequest)
+    max_timeout_ms = current_settings().engine.job_timeout_ms
+    body = await read_json_body(InitiateRequest, max_timeout_ms=max_timeout_ms)
     key = parse_idempotency_key(request.headers.getlist("Idempotency-Key"))
-    check_timeout(body.timeout_ms, current_settings().engine.job_timeout_ms)
+    check_timeout(body.timeout_ms, max_timeout_ms)
     unique = tuple(dict.fromkeys(body.file_ids))
     duplicates = sorted({file_id for file_id in body.file_ids if body.file_ids.count(file_id) > 1})
     job_timeout = None if body.timeout_ms is None else body.timeout_ms / 1000

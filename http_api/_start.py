@@ -36,7 +36,13 @@ from ._asgi import (
     request_path,
     respond,
 )
-from ._body import StartRequest, body_timeout_problem, is_json_content_type, parse_json_body
+from ._body import (
+    StartRequest,
+    body_timeout_problem,
+    is_json_content_type,
+    parse_json_body,
+    timeout_range,
+)
 from ._problems import Problem, problem_from_engine_error
 from ._render import POLL_INTERVAL_SECONDS, encode_json, render_snapshot, result_path, status_path
 from ._request_id import first_header_value, request_id_of
@@ -76,7 +82,7 @@ def check_timeout(timeout_ms: int | None, max_timeout_ms: int) -> None:
             400,
             "invalid_body",
             "Invalid request body",
-            f"timeout_ms must be at most JOB_TIMEOUT_MS ({max_timeout_ms}), got {timeout_ms}",
+            f"timeout_ms must be {timeout_range(max_timeout_ms)}, got {timeout_ms}",
             field="timeout_ms",
         )
 
@@ -133,7 +139,7 @@ class StartSubmission:
         ``max_timeout_ms``. The content type and the body's size are the
         caller's to check first.
         """
-        request = parse_json_body(body, StartRequest)
+        request = parse_json_body(body, StartRequest, max_timeout_ms=max_timeout_ms)
         key = parse_idempotency_key(key_lines)
         check_timeout(request.timeout_ms, max_timeout_ms)
         return cls(request.file_id, request.timeout_ms, key)

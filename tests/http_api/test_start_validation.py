@@ -150,3 +150,19 @@ async def test_start_415_lists_accept_post(autojump_clock, api):
 
     assert response.status_code == 415
     assert response.headers["Accept-Post"] == "application/json"
+
+
+@pytest.mark.parametrize("path", ["/v1/download/start", "/v1/download/initiate"])
+@pytest.mark.parametrize("timeout_ms", [0, -5, 300_001, 10**12])
+async def test_timeout_out_of_range_names_one_range(autojump_clock, api, path, timeout_ms):
+    # Below the schema's minimum, above JOB_TIMEOUT_MS (300000 by default) or
+    # above the schema's maximum: one message states the range.
+    body = {"file_id": 70_000} if path.endswith("start") else {"file_ids": [70_000]}
+    response = await api.client.post(path, json={**body, "timeout_ms": timeout_ms})
+    problem = await response.get_json()
+
+    assert response.status_code == 400
+    assert problem["field"] == "timeout_ms"
+    assert problem["detail"] == (
+        f"timeout_ms must be from 1 to JOB_TIMEOUT_MS (300000), got {timeout_ms}"
+    )
