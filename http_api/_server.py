@@ -7,19 +7,23 @@ import logging
 import math
 import re
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import h11
 import hypercorn.logging
 import hypercorn.protocol
+import hypercorn.protocol.h2
+import hypercorn.protocol.h11
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
 from hypercorn.events import RawData, Updated
-from hypercorn.protocol.events import Body, EndBody, Event as StreamEvent, Response
+from hypercorn.protocol.events import Body, EndBody, Event as StreamEvent, Response, StreamClosed
 from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
@@ -27,6 +31,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import (
     AppWrapper,
     H11SendableEvent,
+    HTTPResponseStartEvent,
     LifespanState,
     ResponseSummary,
     WWWScope,
@@ -361,6 +366,47 @@ class _H11Protocol(H11Protocol):
         await self._send_h11_event(h11.EndOfMessage())
 
 
+class _HTTPStream(HTTPStream):
+    """Hypercorn's HTTP stream, writing exactly one access-log line per request.
+
+    Hypercorn logs a request when its response ends, and also when the
+    stream closes before that, without the response (``- -``). A client that
+    closes the connection as soon as it has a response's bytes often closes
+    the stream before the app's end-of-body message, so such requests were
+    logged twice, or only as ``- -`` when the app's task was then cancelled.
+    Here the first of the two logs the request, with the response's status
+    once the response has started, and the second logs nothing. The line
+    is written before the response's last write, which may fail.
+    """
+
+    _logged = False
+
+    async def handle(self, event: StreamEvent) -> None:
+        if not isinstance(event, StreamClosed) or self.closed:
+            await super().handle(event)
+            return
+        self.closed = True
+        if self.state is not ASGIHTTPState.CLOSED:
+            started = self.state in (ASGIHTTPState.RESPONSE, ASGIHTTPState.TRAILERS)
+            await self._log_access(self.response if started else None)
+        if self.app_put is not None:
+            await self.app_put({"type": "http.disconnect"})
+
+    async def _send_closed(self) -> None:
+        self.state = ASGIHTTPState.CLOSED
+        await self._log_access(self.response)
+        await self.send(EndBody(stream_id=self.stream_id))
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def _log_access(self, response: HTTPResponseStartEvent | None) -> None:
+        # Not a checkpoint: Hypercorn's logger writes without awaiting.
+        if not self._logged:
+            self._logged = True
+            # The logger also takes None, for no response, as Hypercorn's own streams pass it.
+            summary = cast(ResponseSummary, response)
+            await self.config.log.access(self.scope, summary, time.time() - self.start_time)
+
+
 class _ConnectionServer(TCPServer):
     """Hypercorn's connection handler: a cheaper idle timer, a sure close, one race kept inside.
 
@@ -519,11 +565,13 @@ async def serve(
     app = create_app(settings)
     await trio.to_thread.run_sync(build_document, app)
 
-    # NOTE: Hypercorn builds each connection's handler and HTTP/1.1 protocol
-    # from these module attributes, the only way to replace them; check them
-    # on upgrades.
+    # NOTE: Hypercorn builds each connection's handler, HTTP/1.1 protocol and
+    # HTTP streams from these module attributes, the only way to replace them;
+    # check them on upgrades.
     hypercorn.trio.run.TCPServer = _ConnectionServer  # type: ignore[attr-defined]
     hypercorn.protocol.H11Protocol = _H11Protocol  # type: ignore[attr-defined]
+    hypercorn.protocol.h11.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
+    hypercorn.protocol.h2.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
     drained = trio.Event()
     status_layer: StatusLayer = app.extensions[STATUS_LAYER_KEY]
 

@@ -1,15 +1,20 @@
-"""The access log escapes control characters that a request target decodes to."""
+"""The access log: control characters that a request target decodes to are escaped, and
+each request gets one line, also when the client closes the connection during the
+response's last write."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypercorn.config import Config
+from hypercorn.protocol.events import EndBody, Event, StreamClosed
+from hypercorn.protocol.http_stream import ASGIHTTPState
 
-from http_api._server import _AccessLogger
+from http_api._server import _AccessLogger, _HTTPStream
 
 
 def status_scope(path: str) -> Any:
@@ -59,3 +64,87 @@ async def test_plain_path_unchanged(logger, log_file):
     await logger.access(status_scope("/v1/download/status/x"), None, 0.01)
 
     assert '"GET /v1/download/status/x 1.1"' in log_file.read_text()
+
+
+@pytest.fixture
+def stream_config(log_file: Path) -> Iterator[Config]:
+    config = Config()
+    config.accesslog = str(log_file)
+    config.logger_class = _AccessLogger
+    yield config
+    assert config.log.access_logger is not None
+    for handler in config.log.access_logger.handlers:
+        handler.close()
+    config.log.access_logger.handlers.clear()
+
+
+class StreamRecord:
+    """What an ``_HTTPStream`` sent to its protocol and put to its app."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.app_received: list[str] = []
+
+
+def responding_stream(config: Config, record: StreamRecord, close_at_end: bool) -> _HTTPStream:
+    """Return a stream whose response to ``GET /health`` has started with status 200.
+
+    With ``close_at_end``, the client closes the stream during the
+    response's last write, as the reading task reports it.
+    """
+
+    async def send(event: Event) -> None:
+        record.events.append(type(event).__name__)
+        if close_at_end and isinstance(event, EndBody):
+            await stream.handle(StreamClosed(stream_id=1))
+
+    async def app_put(message: Any) -> None:
+        record.app_received.append(message["type"])
+
+    stream = _HTTPStream(None, config, None, None, False, None, None, send, 1)  # type: ignore[arg-type]
+    stream.scope = status_scope("/health")
+    stream.response = {"type": "http.response.start", "status": 200, "headers": []}
+    stream.start_time = time.time()
+    stream.state = ASGIHTTPState.RESPONSE
+    stream.app_put = app_put
+    return stream
+
+
+async def test_stream_logged_once_when_closed_in_last_write(stream_config, log_file):
+    record = StreamRecord()
+    stream = responding_stream(stream_config, record, close_at_end=True)
+
+    await stream._send_closed()
+    lines = log_file.read_text().splitlines()
+
+    assert record.events == ["EndBody", "StreamClosed"]
+    assert record.app_received == ["http.disconnect"]
+    assert len(lines) == 1
+    assert '"GET /health 1.1" 200' in lines[0]
+
+
+async def test_stream_logged_once_when_closed_before_end(stream_config, log_file):
+    # The client has every byte and closes before the app's end-of-body message.
+    record = StreamRecord()
+    stream = responding_stream(stream_config, record, close_at_end=False)
+
+    await stream.handle(StreamClosed(stream_id=1))
+    await stream._send_closed()
+    lines = log_file.read_text().splitlines()
+
+    assert record.app_received == ["http.disconnect"]
+    assert len(lines) == 1
+    assert '"GET /health 1.1" 200' in lines[0]
+
+
+async def test_stream_closed_before_response_logs_no_status(stream_config, log_file):
+    record = StreamRecord()
+    stream = responding_stream(stream_config, record, close_at_end=False)
+    stream.state = ASGIHTTPState.REQUEST
+
+    await stream.handle(StreamClosed(stream_id=1))
+    lines = log_file.read_text().splitlines()
+
+    assert record.app_received == ["http.disconnect"]
+    assert len(lines) == 1
+    assert '"GET /health 1.1" - -' in lines[0]
