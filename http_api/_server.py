@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -50,7 +51,8 @@ from ._status_layer import StatusLayer
 
 logger = logging.getLogger("http_api")
 
-# How long open connections get to finish after a stop signal (seconds).
+# Least time open connections get to finish once the drain has ended, even
+# after a second signal or a grace period already spent (seconds).
 GRACEFUL_TIMEOUT_SECONDS = 3.0
 # Connections the kernel queues before the server accepts them. With
 # Hypercorn's default of 100, a load test opening 500 connections per second
@@ -504,17 +506,32 @@ class _ConnectionServer(TCPServer):
             self.__dict__.pop("protocol", None)
 
 
+@dataclasses.dataclass(eq=False)
+class _Stop:
+    """How far the server's stop has come, shared by the signal handler and the shutdown trigger."""
+
+    # Set when no job is left in flight, which tells Hypercorn to stop.
+    drained: trio.Event = dataclasses.field(default_factory=trio.Event)
+    # Trio time at which the grace period of the first signal ends: the time
+    # that responses in progress, such as downloads, may go on for. -inf
+    # before the first signal and after a second one.
+    grace_ends_at: float = -math.inf
+
+    def graceful_timeout(self) -> float:
+        """Return the seconds open connections get from now, at least GRACEFUL_TIMEOUT_SECONDS."""
+        return max(GRACEFUL_TIMEOUT_SECONDS, self.grace_ends_at - trio.current_time())
+
+
 async def _handle_stop_signals(
-    signals: AsyncIterator[int], app: Quart, grace: float, drained: trio.Event
+    signals: AsyncIterator[int], app: Quart, grace: float, stop: _Stop
 ) -> None:
     """Drain the supervisor on the first SIGINT or SIGTERM; cancel its jobs on the second.
 
     While the supervisor drains, the server still accepts connections: new
     starts get 503 and polls are answered, so clients can see their jobs end.
-    Processing jobs get ``grace`` seconds. ``drained`` is set when no job is
-    left in flight, which tells Hypercorn to stop. Later signals are logged
-    and otherwise ignored, so they cannot kill the process halfway through
-    its shutdown.
+    Processing jobs, and then responses in progress, get ``grace`` seconds
+    from the first signal. Later signals are logged and otherwise ignored,
+    so they cannot kill the process halfway through its shutdown.
     """
     received = 0
     async with trio.open_nursery() as nursery:
@@ -524,13 +541,15 @@ async def _handle_stop_signals(
             client: JobClient | None = app.extensions.get(CLIENT_KEY)
             if client is None:
                 logger.info("received %s before start-up finished, stopping", name)
-                drained.set()
+                stop.drained.set()
             elif received == 1:
                 logger.info("received %s, draining for up to %g s", name, grace)
-                nursery.start_soon(_drain, client, grace, drained)
+                stop.grace_ends_at = trio.current_time() + grace
+                nursery.start_soon(_drain, client, grace, stop.drained)
             elif received == 2:
                 logger.warning("received %s again, cancelling unfinished jobs now", name)
-                nursery.start_soon(_drain, client, 0.0, drained)
+                stop.grace_ends_at = -math.inf
+                nursery.start_soon(_drain, client, 0.0, stop.drained)
             else:
                 logger.warning("received %s, already stopping", name)
 
@@ -572,20 +591,27 @@ async def serve(
     hypercorn.protocol.H11Protocol = _H11Protocol  # type: ignore[attr-defined]
     hypercorn.protocol.h11.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
     hypercorn.protocol.h2.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
-    drained = trio.Event()
+    stop = _Stop()
     status_layer: StatusLayer = app.extensions[STATUS_LAYER_KEY]
 
     async def stop_serving() -> None:
         # Release held long polls so they get a response before Hypercorn closes
         # what is still open after its graceful timeout. On a finished job they
         # would otherwise wait the full 30 s.
-        await drained.wait()
+        await stop.drained.wait()
         status_layer.release()
+        # Hypercorn reads the timeout once this trigger returns. Idle
+        # connections close at once, so only responses in progress use it.
+        config.graceful_timeout = stop.graceful_timeout()
+        logger.info(
+            "stopped accepting connections; responses in progress get up to %.1f s",
+            config.graceful_timeout,
+        )
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                _handle_stop_signals, signals, app, settings.engine.shutdown_grace, drained
+                _handle_stop_signals, signals, app, settings.engine.shutdown_grace, stop
             )
             async with trio.open_nursery() as server:
                 binds: list[str] = await server.start(

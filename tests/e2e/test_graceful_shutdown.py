@@ -13,18 +13,25 @@ read its log. Every wait is bounded.
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 import zipfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import trio
+
+from http_api._server import GRACEFUL_TIMEOUT_SECONDS
 
 from .conftest import ServerProcess
 
@@ -361,3 +368,74 @@ async def test_long_poll_on_finished_job_answered_at_stop(start_server: StartSer
     await wait_for_exit(server, signalled_at, EXIT_SLACK_SECONDS)
     assert await exit_status(server) == 0, server.log
     assert "released 1 held long polls" in server.log
+
+
+# A result large enough that its transfer to a slow reader outlasts
+# GRACEFUL_TIMEOUT_SECONDS, and the pace of that reader.
+LARGE_RESULT_BYTES = 16 * 1024 * 1024
+SLOW_READ_BYTES = 64 * 1024
+SLOW_READ_PAUSE_SECONDS = 0.03
+
+
+def read_slowly(server: ServerProcess, path: str, started: threading.Event) -> tuple[bytes, bytes]:
+    """Fetch ``path`` over a socket with a small receive buffer, reading about 2 MiB per second.
+
+    Sets ``started`` after the first read. Returns the response head and body.
+    """
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with connection:
+        # Set before connecting, so the kernel cannot grow the buffer and
+        # take in most of the file at once.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_READ_BYTES)
+        connection.settimeout(REQUEST_TIMEOUT_SECONDS)
+        connection.connect((address.hostname, address.port))
+        connection.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        received = bytearray()
+        while chunk := connection.recv(SLOW_READ_BYTES):
+            received += chunk
+            started.set()
+            time.sleep(SLOW_READ_PAUSE_SECONDS)
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_download_in_progress_finishes_after_sigterm(start_server: StartServer) -> None:
+    server = start_server(
+        **NO_RATE_LIMIT,
+        DOWNLOAD_DELAY_MIN_MS="100",
+        DOWNLOAD_DELAY_MAX_MS="100",
+        DOWNLOAD_SIZE_MIN_BYTES=str(LARGE_RESULT_BYTES),
+        DOWNLOAD_SIZE_MAX_BYTES=str(LARGE_RESULT_BYTES),
+    )
+    async with open_client(server) as client:
+        (job_id,) = await start_jobs(client, 1)
+        status_path = f"/v1/download/status/{job_id}"
+        document = (await client.get(status_path)).json()
+        while document["status"] != "done":
+            await trio.sleep(0.1)
+            document = (await client.get(status_path)).json()
+    started = threading.Event()
+    download = functools.partial(read_slowly, server, document["resultUrl"], started)
+
+    async with trio.open_nursery() as nursery:
+        results: list[tuple[bytes, bytes]] = []
+
+        async def fetch() -> None:
+            results.append(await trio.to_thread.run_sync(download))
+
+        nursery.start_soon(fetch)
+        assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
+        signalled_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+
+    ((head, body),) = results
+    seconds = await wait_for_exit(server, signalled_at, EXIT_SLACK_SECONDS)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == document["result"]["size"]
+    assert hashlib.sha256(body).hexdigest() == document["result"]["sha256"]
+    # The transfer outlasted the least time that open connections get.
+    assert seconds > GRACEFUL_TIMEOUT_SECONDS
+    assert await exit_status(server) == 0, server.log
+    assert "responses in progress get up to" in server.log
