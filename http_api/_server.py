@@ -159,6 +159,11 @@ class _ClosingConnection(h11.Connection):
     server reject such a request, and requires it to close the connection
     after responding to it otherwise.
 
+    Empty lines at the start of a read, before a request line, are ignored,
+    as RFC 9112, section 2.2, recommends. NOTE: empty lines that arrive in
+    the same read as the end of the previous request still get 400, because
+    h11 buffers them and has no public way to drop buffered bytes.
+
     Two more checks that h11 leaves to the server: a request whose line and
     header fields pass ``max_head_bytes`` gets 431 even when it arrived in
     one read (h11 only limits a head that is still incomplete), and a
@@ -180,6 +185,14 @@ class _ClosingConnection(h11.Connection):
     def receive_data(self, data: bytes) -> None:
         if data and self.their_state is h11.MUST_CLOSE:
             return
+        if data and self.their_state is h11.IDLE and not self.trailing_data[0]:
+            # Empty lines before a request line, which RFC 9112, section 2.2,
+            # asks a server to ignore; h11 rejects them. Bytes that are all
+            # line ends are dropped whole, because no bytes at all would be
+            # read as the end of the stream.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return
         super().receive_data(data)
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:

@@ -248,6 +248,30 @@ def test_bytes_after_last_request_ignored(
     assert statuses == [b"200"] * expected_responses, received
 
 
+@pytest.mark.parametrize(
+    ("writes", "expected_responses"),
+    [
+        pytest.param(["\r\n" + HEALTH_THEN_CLOSE], 1, id="before-first-request"),
+        pytest.param(["\r\n", "\r\n\n" + HEALTH_THEN_CLOSE], 1, id="own-writes"),
+        pytest.param([HEALTH, "\r\n" + HEALTH_THEN_CLOSE], 2, id="between-requests"),
+    ],
+)
+def test_empty_lines_before_request_ignored(
+    server: ServerProcess, writes: list[str], expected_responses: int
+) -> None:
+    # RFC 9112, section 2.2: a server should ignore empty lines before a request line.
+    with connect(server) as connection:
+        for data in writes:
+            connection.sendall(data.encode())
+            time.sleep(0.1)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert statuses == [b"200"] * expected_responses, received
+
+
 def test_keep_alive_setting_read() -> None:
     assert Settings().keep_alive_timeout == 5.0
     settings = Settings.from_environ({"KEEP_ALIVE_TIMEOUT_MS": "75000"})
