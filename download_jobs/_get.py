@@ -132,7 +132,7 @@ def _wait_until_finished(client: httpx.Client, job: dict[str, Any], quiet: bool)
             if response.status_code != 200:
                 raise GetError(f"status of job {job_id} failed: {_describe_error(response)}")
             status = _read_document(response, "status", ("status", "progress"))
-            bar.set_postfix_str(status["status"])
+            bar.set_postfix_str(progress_label(status))
             bar.update(int(status["progress"]) - bar.n)
             if status["status"] == "done":
                 return status
@@ -145,6 +145,13 @@ def _wait_until_finished(client: httpx.Client, job: dict[str, Any], quiet: bool)
             if status["status"] == "cancelled":
                 raise GetError(f"job {job_id} was cancelled")
             time.sleep(_poll_delay(response))
+
+
+def progress_label(status: dict[str, Any]) -> str:
+    """Return the text after the progress bar: the job's status, or the retry it waits for."""
+    if "retryAt" in status:
+        return f"attempt {status.get('attempt', '?')} failed, retrying"
+    return str(status["status"])
 
 
 def _poll_delay(response: httpx.Response) -> float:
