@@ -48,6 +48,7 @@ from ._problems import PROBLEM_MEDIA_TYPE, Problem
 from ._render import encode_json
 from ._settings import Settings
 from ._status_layer import StatusLayer
+from ._websocket import WEBSOCKET_PROBLEM
 
 logger = logging.getLogger("http_api")
 
@@ -61,6 +62,9 @@ LISTEN_BACKLOG = 1024
 
 # Maximum length of the parser message quoted in a rejected request's problem document.
 MAX_REASON_CHARACTERS = 200
+
+# How h11 quotes the client's bytes in its messages: bytearray(b'...').
+_BYTEARRAY_REPR = re.compile(r"""bytearray\((b(['"]).*?(?<!\\)\2)\)""")
 
 # ASCII control characters, which an access-log field must not write raw.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -177,6 +181,8 @@ class _ClosingConnection(h11.Connection):
     rejected_head = False
     # What was wrong with the rejected request, in the parser's words.
     rejection_reason = ""
+    # Whether the rejected request was a WebSocket handshake.
+    rejected_websocket = False
 
     def __init__(self, max_head_bytes: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
@@ -211,6 +217,7 @@ class _ClosingConnection(h11.Connection):
             rejection = _request_error(event, self.max_head_bytes)
             if rejection is not None:
                 self.rejected_head = event.method == b"HEAD"
+                self.rejected_websocket = isinstance(rejection, _WebSocketUpgrade)
                 self.rejection_reason = str(rejection)
                 raise rejection
         return event
@@ -225,6 +232,7 @@ def _request_error(request: h11.Request, max_head_bytes: int) -> h11.RemoteProto
     the wire.
     """
     has_length = has_encoding = False
+    upgrade = connection = b""
     size = len(request.method) + len(request.target)
     for name, value in request.headers:
         size += len(name) + len(value)
@@ -232,6 +240,12 @@ def _request_error(request: h11.Request, max_head_bytes: int) -> h11.RemoteProto
             has_length = True
         elif name == b"transfer-encoding":
             has_encoding = True
+        elif name == b"upgrade":
+            upgrade = value
+        elif name == b"connection":
+            connection += b"," + value
+    if upgrade and _is_websocket_upgrade(request.method, upgrade, connection):
+        return _WebSocketUpgrade("WebSocket upgrade requested", error_status_hint=400)
     if size > max_head_bytes:
         return h11.RemoteProtocolError("request head too large", error_status_hint=431)
     if has_length and has_encoding:
@@ -241,6 +255,21 @@ def _request_error(request: h11.Request, max_head_bytes: int) -> h11.RemoteProto
     if not request.http_version.startswith(b"1.") and not _is_http2_preface(request):
         return h11.RemoteProtocolError("HTTP version not supported", error_status_hint=505)
     return None
+
+
+class _WebSocketUpgrade(h11.RemoteProtocolError):
+    """The rejection of a WebSocket handshake: the ``websocket_not_supported`` problem."""
+
+
+def _is_websocket_upgrade(method: bytes, upgrade: bytes, connection: bytes) -> bool:
+    """Return whether Hypercorn would take the request for a WebSocket handshake.
+
+    Such a request is rejected before Hypercorn sees it: Hypercorn answers
+    an invalid handshake with an empty 400 and then leaves the connection
+    open, and bytes pipelined after a valid one made it log tracebacks.
+    """
+    tokens = {token.strip().lower() for token in connection.split(b",")}
+    return method == b"GET" and upgrade.strip().lower() == b"websocket" and b"upgrade" in tokens
 
 
 def _is_http2_preface(request: h11.Request) -> bool:
@@ -350,11 +379,15 @@ class _H11Protocol(H11Protocol):
             "Malformed request",
             f"The server cannot process this request (status {status_code}).",
         )
-        document = problem.document()
         # h11's messages may quote the client's bytes, so the reason is cut short.
-        reason = self.connection.rejection_reason[:MAX_REASON_CHARACTERS]
-        if reason:
-            document["detail"] += f" The parser reported: {reason}."
+        reason = _BYTEARRAY_REPR.sub(r"\1", self.connection.rejection_reason)
+        reason = reason[:MAX_REASON_CHARACTERS]
+        if self.connection.rejected_websocket:
+            document = WEBSOCKET_PROBLEM.document()
+        else:
+            document = problem.document()
+            if reason:
+                document["detail"] += f" The parser reported: {reason}."
         # No request id reached the app, so the id is new; the log line carries it.
         request_id = str(uuid.uuid4())
         document["requestId"] = request_id

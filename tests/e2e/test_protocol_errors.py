@@ -160,22 +160,42 @@ def test_http2_with_prior_knowledge_is_served(server: ServerProcess) -> None:
     assert response.json()["status"] == "healthy"
 
 
-@pytest.mark.parametrize("target", ["/health", "/v1/download/start", "/no-such-path"])
-def test_websocket_handshake_gets_problem(server: ServerProcess, target: str) -> None:
-    # The service has no WebSocket endpoints. Before the fix, Quart routed the
-    # handshake, failed in a request hook and sent an empty 500.
-    received = exchange_raw(
-        server,
-        f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n".encode()
-        + b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        + b"Sec-WebSocket-Version: 13\r\n\r\n",
-    )
+WEBSOCKET_HANDSHAKE = (
+    "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n"
+    "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(WEBSOCKET_HANDSHAKE.format(target="/health"), id="health"),
+        pytest.param(WEBSOCKET_HANDSHAKE.format(target="/v1/download/start"), id="start"),
+        pytest.param(WEBSOCKET_HANDSHAKE.format(target="/no-such-path"), id="unknown-path"),
+        pytest.param(
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            id="no-key",
+        ),
+        pytest.param(
+            WEBSOCKET_HANDSHAKE.format(target="/health")
+            + "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            id="pipelined-request",
+        ),
+    ],
+)
+def test_websocket_handshake_gets_problem(server: ServerProcess, data: str) -> None:
+    # The service has no WebSocket endpoints. Hypercorn answered an invalid
+    # handshake with an empty 400 and left the connection open, and Quart
+    # failed a valid one with an empty 500 and tracebacks.
+    received = exchange_raw(server, data.encode())
 
     status_line, fields, body = split_response(received)
     document = json.loads(body)
 
     assert status_line.startswith("HTTP/1.1 400")
     assert fields["content-type"] == "application/problem+json"
+    assert fields["connection"] == "close"
     assert document["code"] == "websocket_not_supported"
     assert document["requestId"] == fields["x-request-id"]
     assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
@@ -183,6 +203,19 @@ def test_websocket_handshake_gets_problem(server: ServerProcess, target: str) ->
     _, _, later = split_response(exchange_raw(server, b"GET /health HTTP/1.1\r\n\r\n"))
     server.wait_for_log(re.escape(json.loads(later)["requestId"]))
     assert "Traceback" not in server.log
+
+
+def test_upgrade_without_connection_token_is_plain_request(server: ServerProcess) -> None:
+    # Without "Connection: Upgrade" the request is no handshake, and is served as usual.
+    received = exchange_raw(
+        server,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n",
+    )
+
+    status_line, _, body = split_response(received)
+
+    assert status_line.startswith("HTTP/1.1 200")
+    assert json.loads(body)["status"] == "healthy"
 
 
 def test_rejection_names_the_fault(server: ServerProcess) -> None:
