@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
+import h2.events
 import h11
 import hypercorn.logging
 import hypercorn.protocol
@@ -22,7 +23,15 @@ import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
 from hypercorn.events import RawData, Updated
-from hypercorn.protocol.events import Body, EndBody, Event as StreamEvent, Response, StreamClosed
+from hypercorn.protocol.events import (
+    Body,
+    EndBody,
+    Event as StreamEvent,
+    Request,
+    Response,
+    StreamClosed,
+)
+from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio import serve as hypercorn_serve
@@ -37,6 +46,7 @@ from hypercorn.typing import (
     ResponseSummary,
     WWWScope,
 )
+from priority.priority import DuplicateStreamError
 from quart import Quart
 
 from engine import JobClient, SupervisorClosed, manage_garbage_collection
@@ -455,6 +465,98 @@ class _HTTPStream(HTTPStream):
             await self.config.log.access(self.scope, summary, time.time() - self.start_time)
 
 
+# The problem of a CONNECT that is no WebSocket handshake.
+_CONNECT_PROBLEM = Problem(
+    405,
+    "method_not_allowed",
+    "Method not allowed",
+    "CONNECT is not allowed: the service is not a proxy.",
+)
+
+
+class _ProblemStream:
+    """An HTTP/2 stream that answers its request with one problem document and ignores the rest.
+
+    Each ``handle`` of the request sends four events, each a checkpoint;
+    other events are ignored, so a client may still send data on it.
+    """
+
+    idle = False
+
+    def __init__(
+        self, send: Callable[[StreamEvent], Awaitable[None]], stream_id: int, problem: Problem
+    ) -> None:
+        self.send = send
+        self.stream_id = stream_id
+        self.problem = problem
+
+    async def handle(self, event: StreamEvent) -> None:
+        if not isinstance(event, Request):
+            return
+        request_id = str(uuid.uuid4())
+        logger.info(
+            "rejected an HTTP/2 %s request with %d (request id %s)",
+            event.method,
+            self.problem.status,
+            request_id,
+        )
+        headers, body = self.problem.encode(request_id)
+        headers.append(("X-Request-ID", request_id))
+        encoded = [(name.lower().encode(), value.encode("latin-1")) for name, value in headers]
+        await self.send(
+            Response(stream_id=self.stream_id, headers=encoded, status_code=self.problem.status)
+        )
+        await self.send(Body(stream_id=self.stream_id, data=body))
+        await self.send(EndBody(stream_id=self.stream_id))
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+
+class _H2Protocol(H2Protocol):
+    """Hypercorn's HTTP/2 protocol, answering every CONNECT itself with a problem document.
+
+    Hypercorn takes every CONNECT for a WebSocket handshake (RFC 8441). It
+    answered an invalid handshake with an empty 400, and a CONNECT without
+    ``:path`` raised ``UnboundLocalError``, which ended the connection and
+    logged a traceback. The service is neither a WebSocket server nor a
+    proxy, so a CONNECT with ``:protocol`` gets the ``websocket_not_supported``
+    problem, and any other CONNECT a 405 problem.
+    """
+
+    async def _create_stream(self, request: h2.events.RequestReceived) -> None:
+        method = b""
+        websocket = False
+        for name, value in request.headers:
+            if name == b":method":
+                method = value
+            elif name == b":protocol":
+                websocket = True
+        if method.upper() != b"CONNECT":
+            await super()._create_stream(request)
+            return
+        stream_id = request.stream_id
+        problem = WEBSOCKET_PROBLEM if websocket else _CONNECT_PROBLEM
+        # The bookkeeping of Hypercorn's own _create_stream, for any stream.
+        self.streams[stream_id] = _ProblemStream(self.stream_send, stream_id, problem)  # type: ignore[assignment]
+        self.stream_buffers[stream_id] = StreamBuffer(self.context.event_class)
+        try:
+            self.priority.insert_stream(stream_id)
+        except DuplicateStreamError:
+            # A PRIORITY frame came before the HEADERS frame.
+            pass
+        else:
+            self.priority.block(stream_id)
+        await self.streams[stream_id].handle(
+            Request(
+                stream_id=stream_id,
+                headers=[],
+                http_version="2",
+                method="CONNECT",
+                raw_path=b"",
+                state=self.connection_state,
+            )
+        )
+
+
 class _ConnectionServer(TCPServer):
     """Hypercorn's connection handler: a cheaper idle timer, a sure close, one race kept inside.
 
@@ -635,6 +737,7 @@ async def serve(
     # check them on upgrades.
     hypercorn.trio.run.TCPServer = _ConnectionServer  # type: ignore[attr-defined]
     hypercorn.protocol.H11Protocol = _H11Protocol  # type: ignore[attr-defined]
+    hypercorn.protocol.H2Protocol = _H2Protocol  # type: ignore[attr-defined]
     hypercorn.protocol.h11.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
     hypercorn.protocol.h2.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
     stop = _Stop()

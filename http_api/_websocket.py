@@ -27,8 +27,10 @@ class WebSocketRejector:
     """ASGI middleware that answers every WebSocket handshake with a 400 problem document.
 
     Quart would route the handshake as a WebSocket request and fail in the
-    app's request hooks. Here the response goes out over the ASGI WebSocket
-    HTTP response extension, which Hypercorn offers on HTTP/1.1 and HTTP/2.
+    app's request hooks. The service's own server rejects handshakes before
+    they reach the app (see ``http_api._server``), so this layer answers
+    only those that another ASGI server passes on. The response goes out
+    over the ASGI WebSocket HTTP response extension, which Hypercorn offers.
     Without the extension the handshake is closed instead, and the server
     then answers 403. Other scopes pass to ``app`` unchanged. Two
     checkpoints, both sends; the layer never reads from the client.

@@ -7,6 +7,9 @@ import re
 import socket
 from urllib.parse import urlsplit
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -224,3 +227,73 @@ def test_rejection_names_the_fault(server: ServerProcess) -> None:
     _, _, body = split_response(received)
 
     assert "Host" in json.loads(body)["detail"]
+
+
+def http2_exchange(server: ServerProcess, headers: list[tuple[str, str]]) -> tuple[dict, bytes]:
+    """Send one HTTP/2 request with ``headers`` (prior knowledge); return its response.
+
+    Returns the response's header fields, pseudo-headers included, and its
+    body. Fails if the connection ends before the response does.
+    """
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    stream_id = connection.get_next_available_stream_id()
+    connection.send_headers(stream_id, headers)
+    fields: dict[str, str] = {}
+    body = b""
+    with socket.create_connection((address.hostname, address.port), timeout=WAIT_SECONDS) as sock:
+        sock.sendall(connection.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            assert data, f"connection closed before the response ended; got {fields}, {body!r}"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    fields = {name.decode(): value.decode() for name, value in event.headers}
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    connection.acknowledge_received_data(len(event.data), stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return fields, body
+            sock.sendall(connection.data_to_send())
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "code"),
+    [
+        pytest.param(
+            [(":protocol", "websocket"), (":scheme", "http"), (":path", "/health")],
+            400,
+            "websocket_not_supported",
+            id="websocket-without-version",
+        ),
+        pytest.param(
+            [
+                (":protocol", "websocket"),
+                (":scheme", "http"),
+                (":path", "/health"),
+                ("sec-websocket-version", "13"),
+            ],
+            400,
+            "websocket_not_supported",
+            id="websocket",
+        ),
+        pytest.param([], 405, "method_not_allowed", id="plain-connect"),
+    ],
+)
+def test_http2_connect_gets_problem(
+    server: ServerProcess, extra: list[tuple[str, str]], status: int, code: str
+) -> None:
+    # Hypercorn answered the first with an empty 400, and failed on the second
+    # with a traceback that ended the connection.
+    headers = [(":method", "CONNECT"), (":authority", "x"), *extra]
+    fields, body = http2_exchange(server, headers)
+    document = json.loads(body)
+
+    assert fields[":status"] == str(status)
+    assert fields["content-type"] == "application/problem+json"
+    assert document["code"] == code
+    assert document["requestId"] == fields["x-request-id"]
+    server.wait_for_log(re.escape(f"(request id {document['requestId']})"))
+    assert "Traceback" not in server.log
