@@ -593,8 +593,9 @@ class _ConnectionServer(TCPServer):
     async def _idle_timeout(self) -> None:
         """Close the connection when its idle deadline passes or, while idle, when the server stops.
 
-        Runs from the connection's first ``restart`` until it closes the
-        connection or ``end`` cancels it.
+        A connection still busy is closed at the cut of a second stop signal
+        (``_Stop.hurry``). Runs from the connection's first ``restart`` until
+        it closes the connection or ``end`` cancels it.
         """
         timer = self.idle_task
         # The connection can end before this task first runs, so check each round.
@@ -605,8 +606,13 @@ class _ConnectionServer(TCPServer):
                     break
                 # Once the server stops, Hypercorn closes a busy connection
                 # after its response instead of reading another request, and
-                # the connection's end then cancels this wait.
-                await trio.sleep_forever()
+                # the connection's end then cancels this wait. A second stop
+                # signal closes it a few seconds later even when busy.
+                if not isinstance(self.config, _ServerConfig):
+                    await trio.sleep_forever()
+                await self.config.stop.wait_for_cut()
+                logger.info("closed a connection that was still busy after the second stop signal")
+                break
             if not timer.ended and trio.current_time() >= timer.deadline:
                 break
             # A request arrived just as the deadline passed: keep watching.
@@ -664,10 +670,38 @@ class _Stop:
     # that responses in progress, such as downloads, may go on for. -inf
     # before the first signal and after a second one.
     grace_ends_at: float = -math.inf
+    # Set by a second signal, with the trio time at which connections still
+    # busy are closed.
+    cut: trio.Event = dataclasses.field(default_factory=trio.Event)
+    cut_at: float = math.inf
 
     def graceful_timeout(self) -> float:
         """Return the seconds open connections get from now, at least GRACEFUL_TIMEOUT_SECONDS."""
         return max(GRACEFUL_TIMEOUT_SECONDS, self.grace_ends_at - trio.current_time())
+
+    def hurry(self) -> None:
+        """Leave responses in progress GRACEFUL_TIMEOUT_SECONDS from now; not a checkpoint.
+
+        Before the shutdown trigger has returned, that is the timeout it
+        hands to Hypercorn. Once it has, Hypercorn's timeout is already set,
+        so each busy connection closes itself at ``cut_at``.
+        """
+        self.grace_ends_at = -math.inf
+        self.cut_at = trio.current_time() + GRACEFUL_TIMEOUT_SECONDS
+        self.cut.set()
+
+    async def wait_for_cut(self) -> None:
+        """Return at ``cut_at``, once a second signal has set it; never otherwise."""
+        await self.cut.wait()
+        await trio.sleep_until(self.cut_at)
+
+
+class _ServerConfig(Config):
+    """Hypercorn's configuration, plus the stop that every connection handler watches."""
+
+    def __init__(self, stop: _Stop) -> None:
+        super().__init__()
+        self.stop = stop
 
 
 async def _handle_stop_signals(
@@ -696,7 +730,7 @@ async def _handle_stop_signals(
                 nursery.start_soon(_drain, client, grace, stop.drained)
             elif received == 2:
                 logger.warning("received %s again, cancelling unfinished jobs now", name)
-                stop.grace_ends_at = -math.inf
+                stop.hurry()
                 nursery.start_soon(_drain, client, 0.0, stop.drained)
             else:
                 logger.warning("received %s, already stopping", name)
@@ -721,7 +755,8 @@ async def serve(
     server stops accepting connections, unfinished jobs are cancelled and
     logged, and this function returns.
     """
-    config = Config()
+    stop = _Stop()
+    config = _ServerConfig(stop)
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = "-" if settings.access_log else None
     config.logger_class = _AccessLogger
@@ -740,7 +775,6 @@ async def serve(
     hypercorn.protocol.H2Protocol = _H2Protocol  # type: ignore[attr-defined]
     hypercorn.protocol.h11.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
     hypercorn.protocol.h2.HTTPStream = _HTTPStream  # type: ignore[attr-defined]
-    stop = _Stop()
     status_layer: StatusLayer = app.extensions[STATUS_LAYER_KEY]
 
     async def stop_serving() -> None:

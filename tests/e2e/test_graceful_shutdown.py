@@ -401,7 +401,8 @@ def read_slowly(server: ServerProcess, path: str, started: threading.Event) -> t
     return head, body
 
 
-async def test_download_in_progress_finishes_after_sigterm(start_server: StartServer) -> None:
+async def start_large_result(start_server: StartServer) -> tuple[ServerProcess, dict]:
+    """Start a server and one job with a LARGE_RESULT_BYTES result; return both once it is done."""
     server = start_server(
         **NO_RATE_LIMIT,
         DOWNLOAD_DELAY_MIN_MS="100",
@@ -416,21 +417,40 @@ async def test_download_in_progress_finishes_after_sigterm(start_server: StartSe
         while document["status"] != "done":
             await trio.sleep(0.1)
             document = (await client.get(status_path)).json()
+    return server, document
+
+
+async def download_during_stop(
+    server: ServerProcess, path: str, signals: int
+) -> tuple[bytes, bytes, float]:
+    """Download ``path`` slowly and send ``signals`` SIGTERMs, one second apart, once it runs.
+
+    Returns the response head and body, and the time of the last signal.
+    """
     started = threading.Event()
-    download = functools.partial(read_slowly, server, document["resultUrl"], started)
+    download = functools.partial(read_slowly, server, path, started)
+    results: list[tuple[bytes, bytes]] = []
+
+    async def fetch() -> None:
+        results.append(await trio.to_thread.run_sync(download))
 
     async with trio.open_nursery() as nursery:
-        results: list[tuple[bytes, bytes]] = []
-
-        async def fetch() -> None:
-            results.append(await trio.to_thread.run_sync(download))
-
         nursery.start_soon(fetch)
         assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
-        signalled_at = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-
+        for number in range(signals):
+            if number:
+                await trio.sleep(1.0)
+            signalled_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
     ((head, body),) = results
+    return head, body, signalled_at
+
+
+async def test_download_in_progress_finishes_after_sigterm(start_server: StartServer) -> None:
+    server, document = await start_large_result(start_server)
+
+    head, body, signalled_at = await download_during_stop(server, document["resultUrl"], 1)
+
     seconds = await wait_for_exit(server, signalled_at, EXIT_SLACK_SECONDS)
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) == document["result"]["size"]
@@ -439,3 +459,15 @@ async def test_download_in_progress_finishes_after_sigterm(start_server: StartSe
     assert seconds > GRACEFUL_TIMEOUT_SECONDS
     assert await exit_status(server) == 0, server.log
     assert "responses in progress get up to" in server.log
+
+
+async def test_second_sigterm_cuts_download(start_server: StartServer) -> None:
+    server, document = await start_large_result(start_server)
+
+    head, body, signalled_at = await download_during_stop(server, document["resultUrl"], 2)
+
+    await wait_for_exit(server, signalled_at, GRACEFUL_TIMEOUT_SECONDS + EXIT_SLACK_SECONDS)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) < document["result"]["size"]
+    assert await exit_status(server) == 0, server.log
+    assert "closed a connection that was still busy after the second stop signal" in server.log
