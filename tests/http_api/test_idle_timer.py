@@ -11,7 +11,13 @@ import trio
 import trio.testing
 from hypercorn.trio.worker_context import WorkerContext
 
-from http_api._server import _ConnectionServer, _IdleTimer
+from http_api._server import (
+    GRACEFUL_TIMEOUT_SECONDS,
+    _ConnectionServer,
+    _IdleTimer,
+    _ServerConfig,
+    _Stop,
+)
 
 TIMEOUT = 5.0
 
@@ -31,6 +37,7 @@ def connection_handler() -> tuple[_ConnectionServer, list[float]]:
     handler = object.__new__(_ConnectionServer)
     handler.idle_task = _IdleTimer(TIMEOUT)
     handler.context = WorkerContext(None)
+    handler.config = _ServerConfig(_Stop())
     closed_at: list[float] = []
 
     async def record_close() -> None:
@@ -82,6 +89,21 @@ async def test_stop_leaves_busy_connection_open(autojump_clock):
         handler.idle_task.end()
 
     assert closed_at == []
+
+
+async def test_second_signal_cuts_busy_connection(autojump_clock):
+    handler, closed_at = connection_handler()
+    assert isinstance(handler.config, _ServerConfig)
+    async with trio.open_nursery() as nursery:
+        await handler.idle_task.restart(Spawner(nursery), handler._idle_timeout)
+        await handler.idle_task.stop()
+        await handler.context.terminated.set()
+        await trio.sleep(10.0)
+        handler.config.stop.hurry()
+        await trio.sleep(50.0)
+        handler.idle_task.end()
+
+    assert closed_at == [10.0 + GRACEFUL_TIMEOUT_SECONDS]
 
 
 async def test_connection_ended_before_watcher_ran(autojump_clock):
