@@ -40,6 +40,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import (
     AppWrapper,
+    ASGISendEvent,
     H11SendableEvent,
     HTTPResponseStartEvent,
     LifespanState,
@@ -432,9 +433,14 @@ class _HTTPStream(HTTPStream):
     closes the connection as soon as it has a response's bytes often closes
     the stream before the app's end-of-body message, so such requests were
     logged twice, or only as ``- -`` when the app's task was then cancelled.
-    Here the first of the two logs the request, with the response's status
-    once the response has started, and the second logs nothing. The line
-    is written before the response's last write, which may fail.
+    Here the request is logged once: at the response's end, or when the
+    stream closes after the response has started, or when the app returns
+    after the stream closed before that. A request the app still responded
+    to, such as a start whose client half-closed the connection, so gets
+    its status. The status is the app's: a client that closed the
+    connection early may not have received it, and the size is the
+    response's Content-Length, not the bytes sent. The line is written
+    before the response's last write, which may fail.
     """
 
     _logged = False
@@ -444,11 +450,19 @@ class _HTTPStream(HTTPStream):
             await super().handle(event)
             return
         self.closed = True
-        if self.state is not ASGIHTTPState.CLOSED:
-            started = self.state in (ASGIHTTPState.RESPONSE, ASGIHTTPState.TRAILERS)
-            await self._log_access(self.response if started else None)
+        if self._response_started():
+            await self._log_access(self.response)
         if self.app_put is not None:
             await self.app_put({"type": "http.disconnect"})
+
+    async def app_send(self, message: ASGISendEvent | None) -> None:
+        if message is None and self.closed:
+            # The app has returned, after its stream closed early.
+            await self._log_access(self.response if self._response_started() else None)
+        await super().app_send(message)
+
+    def _response_started(self) -> bool:
+        return self.state in (ASGIHTTPState.RESPONSE, ASGIHTTPState.TRAILERS, ASGIHTTPState.CLOSED)
 
     async def _send_closed(self) -> None:
         self.state = ASGIHTTPState.CLOSED

@@ -137,14 +137,33 @@ async def test_stream_logged_once_when_closed_before_end(stream_config, log_file
     assert '"GET /health 1.1" 200' in lines[0]
 
 
-async def test_stream_closed_before_response_logs_no_status(stream_config, log_file):
+async def test_stream_closed_before_response_logs_at_app_end(stream_config, log_file):
     record = StreamRecord()
     stream = responding_stream(stream_config, record, close_at_end=False)
     stream.state = ASGIHTTPState.REQUEST
 
     await stream.handle(StreamClosed(stream_id=1))
+    logged_before_end = log_file.exists() and log_file.read_text() != ""
+    await stream.app_send(None)
     lines = log_file.read_text().splitlines()
 
     assert record.app_received == ["http.disconnect"]
+    assert not logged_before_end
     assert len(lines) == 1
     assert '"GET /health 1.1" - -' in lines[0]
+
+
+async def test_response_after_early_close_logs_its_status(stream_config, log_file):
+    # A client that half-closed after its request: the app still responds.
+    record = StreamRecord()
+    stream = responding_stream(stream_config, record, close_at_end=False)
+    stream.state = ASGIHTTPState.REQUEST
+
+    await stream.handle(StreamClosed(stream_id=1))
+    await stream.app_send({"type": "http.response.start", "status": 202, "headers": []})
+    await stream.app_send({"type": "http.response.body", "body": b"{}", "more_body": False})
+    await stream.app_send(None)
+    lines = log_file.read_text().splitlines()
+
+    assert len(lines) == 1
+    assert '"GET /health 1.1" 202' in lines[0]
