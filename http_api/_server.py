@@ -71,6 +71,12 @@ GRACEFUL_TIMEOUT_SECONDS = 3.0
 # on 127.0.0.1 had some of them reset. Linux caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
 
+# Hypercorn's default access-log format, then the response's X-Request-ID,
+# which the app's log lines about the request also name.
+ACCESS_LOG_FORMAT = (
+    '%(h)s %(l)s %(l)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+)
+
 # Maximum length of the parser message quoted in a rejected request's problem document.
 MAX_REASON_CHARACTERS = 200
 
@@ -774,6 +780,7 @@ async def serve(
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = "-" if settings.access_log else None
     config.logger_class = _AccessLogger
+    config.access_log_format = ACCESS_LOG_FORMAT
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT_SECONDS
     config.keep_alive_timeout = settings.keep_alive_timeout

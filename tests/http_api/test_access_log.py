@@ -14,7 +14,7 @@ from hypercorn.config import Config
 from hypercorn.protocol.events import EndBody, Event, StreamClosed
 from hypercorn.protocol.http_stream import ASGIHTTPState
 
-from http_api._server import _AccessLogger, _HTTPStream
+from http_api._server import ACCESS_LOG_FORMAT, _AccessLogger, _HTTPStream
 
 
 def status_scope(path: str) -> Any:
@@ -167,3 +167,20 @@ async def test_response_after_early_close_logs_its_status(stream_config, log_fil
 
     assert len(lines) == 1
     assert '"GET /health 1.1" 202' in lines[0]
+
+
+async def test_line_ends_with_request_id(log_file):
+    config = Config()
+    config.accesslog = str(log_file)
+    config.access_log_format = ACCESS_LOG_FORMAT
+    access_logger = _AccessLogger(config)
+    response = {"status": 200, "headers": [(b"x-request-id", b"abc-123")]}
+    try:
+        await access_logger.access(status_scope("/health"), response, 0.01)  # type: ignore[arg-type]
+    finally:
+        assert access_logger.access_logger is not None
+        for handler in access_logger.access_logger.handlers:
+            handler.close()
+        access_logger.access_logger.handlers.clear()
+
+    assert log_file.read_text().rstrip("\n").endswith('" 200 - "-" "test" abc-123')
