@@ -61,7 +61,8 @@ class JobSnapshot:
     # Attempt running or last run, 1 for the first; 0 before the job starts.
     attempt: int = 0
     # While a processing single-file job waits to retry a failed attempt:
-    # when attempt ``attempt + 1`` starts. None otherwise.
+    # when attempt ``attempt + 1`` starts. None otherwise, and None when the
+    # retry would start after the deadline, which then ends the job first.
     retry_at: datetime | None = None
     # When the job fails with code "timeout" unless it has finished.
     deadline_at: datetime | None = None

@@ -605,7 +605,8 @@ class Supervisor:
             step_at = self._next_progress_step_at(job, now)
             next_change = eta if step_at is None else step_at - now
             if job.retry_due is not None:
-                next_change = max(job.retry_due - now, 0.0)
+                # A retry due after the deadline never starts: the timeout comes first.
+                next_change = max(min(job.retry_due, job.deadline) - now, 0.0)
         if job.status is JobStatus.QUEUED:
             queue_position = self._table.queue_position(job)
             interval = self._completion_interval(now)
@@ -631,11 +632,18 @@ class Supervisor:
             next_change_seconds=next_change,
             queue_position=queue_position,
             attempt=job.slot.attempt if job.slot is not None else 0,
-            retry_at=job.retry_at if job.status is JobStatus.PROCESSING else None,
+            retry_at=self._retry_at(job),
             deadline_at=None if terminal else job.created_at + timedelta(seconds=job.timeout),
             expires_at=expires_at,
             **self._bulk_fields(job),
         )
+
+    @staticmethod
+    def _retry_at(job: Job) -> datetime | None:
+        """Return when the next attempt starts, if the job waits for one due before its deadline."""
+        if job.status is not JobStatus.PROCESSING or job.retry_due is None:
+            return None
+        return job.retry_at if job.retry_due < job.deadline else None
 
     def _bulk_fields(self, job: Job) -> dict[str, Any]:
         if job.file_ids is None:

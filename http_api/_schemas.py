@@ -175,7 +175,7 @@ class JobStatusFields(ResponseModel):
     retry_at: Timestamp | SkipJsonSchema[None] = _omitted(
         description=(
             "When the next attempt starts, present only while a job for one file waits "
-            "to retry a failed attempt"
+            "to retry a failed attempt, and only if that is before deadlineAt"
         )
     )
     deadline_at: Timestamp | SkipJsonSchema[None] = _omitted(

@@ -304,6 +304,29 @@ async def test_backoff_counts_against_deadline(autojump_clock, make_settings):
     assert all(attempt.failed for attempt in source.attempts)
 
 
+async def test_retry_after_deadline_not_shown(autojump_clock, make_settings):
+    # The same draw of about 7 s after the first attempt fails at 1 s: the
+    # retry would start after the 5-second deadline, so the snapshot shows no
+    # retry time, and its next change is the deadline.
+    settings = make_settings(
+        job_max_attempts=100, retry_backoff_base_ms=60_000, retry_backoff_cap_ms=60_000
+    )
+    source = FlakySource(failures=math.inf, fail_after=1.0)
+    async with started_supervisor(settings, source) as client:
+        submitted = await client.submit(1, job_timeout=5)
+        watch = await client.watch(submitted.job_id)
+        await watch.changed.wait()
+        waiting = await client.status(submitted.job_id)
+        failed = await wait_until_finished(client, submitted.job_id)
+
+    assert waiting.status is JobStatus.PROCESSING
+    assert waiting.retry_at is None
+    assert waiting.next_change_seconds == pytest.approx(4.0, abs=TIME_TOLERANCE)
+    assert failed.error is not None
+    assert failed.error.code == "timeout"
+    assert len(source.attempts) == 1
+
+
 # -- the simulated source ---------------------------------------------------
 
 
