@@ -64,6 +64,14 @@ class BulkProgress(ProgressSlot):
         self.files = {file_id: ProgressSlot() for file_id in file_ids}
         self.states = dict.fromkeys(file_ids, FILE_QUEUED)
 
+    def highest_attempt(self) -> int:
+        """Return the highest attempt that any file has reached, at least the job's ``attempt``.
+
+        Each file retries on its own, in its own slot, so the job's own
+        ``attempt`` stays 1.
+        """
+        return max([self.attempt, *(slot.attempt for slot in self.files.values())])
+
     def fraction(self, now: float) -> float:
         if not self.files:
             return 1.0

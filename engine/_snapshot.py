@@ -59,6 +59,7 @@ class JobSnapshot:
     # 1 for the next job to start; None unless queued.
     queue_position: int | None = None
     # Attempt running or last run, 1 for the first; 0 before the job starts.
+    # For a bulk job, the highest attempt that any of its files has reached.
     attempt: int = 0
     # While a processing single-file job waits to retry a failed attempt:
     # when attempt ``attempt + 1`` starts. None otherwise, and None when the

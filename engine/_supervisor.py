@@ -631,12 +631,20 @@ class Supervisor:
             eta_seconds=eta,
             next_change_seconds=next_change,
             queue_position=queue_position,
-            attempt=job.slot.attempt if job.slot is not None else 0,
+            attempt=self._attempt(job),
             retry_at=self._retry_at(job),
             deadline_at=None if terminal else job.created_at + timedelta(seconds=job.timeout),
             expires_at=expires_at,
             **self._bulk_fields(job),
         )
+
+    @staticmethod
+    def _attempt(job: Job) -> int:
+        if job.slot is None:
+            return 0
+        if isinstance(job.slot, BulkProgress):
+            return job.slot.highest_attempt()
+        return job.slot.attempt
 
     @staticmethod
     def _retry_at(job: Job) -> datetime | None:

@@ -167,7 +167,13 @@ class JobStatusFields(ResponseModel):
     updated_at: Timestamp = Field(
         description="Last change of status, progress step or attempt (failed or started)"
     )
-    attempt: int = Field(ge=0, description="Attempt running or last run, 0 before the job starts")
+    attempt: int = Field(
+        ge=0,
+        description=(
+            "Attempt running or last run, 0 before the job starts. For a bulk job, the "
+            "highest attempt of any of its files"
+        ),
+    )
     status_url: Path
     queue_position: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = _omitted(
         description="1 for the next job to start, present only while queued"

@@ -248,6 +248,21 @@ async def test_bulk_snapshot_has_no_retry_time(autojump_clock, make_settings):
     assert all(sample.retry_at is None for sample in samples)
 
 
+async def test_bulk_attempt_is_highest_of_files(autojump_clock, make_settings):
+    # File 2 fails twice, file 1 never: the job reaches attempt 3 through file 2.
+    settings = make_settings(job_max_attempts=3, retry_backoff_base_ms=10_000)
+    source = FlakySource(failures=0, fail_after=5.0, failures_by_file={2: 2})
+    async with started_supervisor(settings, source) as client:
+        submitted = await client.submit_bulk((1, 2))
+        samples = await sample_until_finished(client, submitted.job_id)
+
+    attempts = [sample.attempt for sample in samples]
+    assert samples[-1].status is JobStatus.DONE
+    assert attempts == sorted(attempts)
+    assert attempts[-1] == 3
+    assert len(source.attempts_of(2)) == 3
+
+
 async def test_every_attempt_failing_ends_failed(autojump_clock, make_settings):
     settings = make_settings(job_max_attempts=4)
     source = FlakySource(failures=math.inf, fail_after=1.0)
