@@ -37,6 +37,8 @@ FileId = Annotated[int, Field(ge=MIN_FILE_ID, le=MAX_FILE_ID)]
 # How long a response that has no use for the request's body waits for that
 # body (seconds). A later body is left unread, and the connection closes.
 UNREAD_BODY_WAIT_SECONDS = 2.0
+# Maximum length of a number that a problem's detail quotes whole; longer ones are cut.
+MAX_SHOWN_DIGITS = 24
 # Request-context flag (on ``g``): ``discard_body`` gave up on the body.
 _BODY_LATE_KEY = "download_jobs_body_late"
 
@@ -218,6 +220,14 @@ def timeout_range(max_timeout_ms: int | None) -> str:
     return f"from 1 to JOB_TIMEOUT_MS ({max_timeout_ms})"
 
 
+def _shown_number(value: Any) -> str:
+    """Return ``value`` as a problem's detail quotes it: whole up to 24 digits, else shortened."""
+    text = str(value)
+    if len(text) <= MAX_SHOWN_DIGITS:
+        return text
+    return f"{text[:MAX_SHOWN_DIGITS]}... ({len(text)} characters)"
+
+
 def _problem_from_validation(error: ValidationError, max_timeout_ms: int | None) -> Problem:
     first = error.errors(include_url=False)[0]
     field = ".".join(str(part) for part in first["loc"]) or None
@@ -233,9 +243,9 @@ def _problem_from_validation(error: ValidationError, max_timeout_ms: int | None)
     elif kind == "list_type":
         detail = f"{field} must be an array of integers, got {_json_type_name(value)}"
     elif kind in ("greater_than_equal", "less_than_equal") and is_file_id:
-        detail = f"{field} must be from {MIN_FILE_ID} to {MAX_FILE_ID}, got {value}"
+        detail = f"{field} must be from {MIN_FILE_ID} to {MAX_FILE_ID}, got {_shown_number(value)}"
     elif kind in ("greater_than_equal", "less_than_equal"):
-        detail = f"{field} must be {timeout_range(max_timeout_ms)}, got {value}"
+        detail = f"{field} must be {timeout_range(max_timeout_ms)}, got {_shown_number(value)}"
     elif kind.startswith("int_"):
         detail = f"{field} must be an integer, got {_json_type_name(value)}"
     else:

@@ -166,3 +166,17 @@ async def test_timeout_out_of_range_names_one_range(autojump_clock, api, path, t
     assert problem["detail"] == (
         f"timeout_ms must be from 1 to JOB_TIMEOUT_MS (300000), got {timeout_ms}"
     )
+
+
+async def test_huge_number_shortened_in_detail(autojump_clock, api):
+    huge = int("9" * 4000)
+    response = await api.client.post(
+        "/v1/download/start", data=f'{{"file_id": {huge}}}', headers=JSON
+    )
+    problem = await response.get_json()
+
+    assert response.status_code == 400
+    assert problem["field"] == "file_id"
+    assert problem["detail"] == (
+        f"file_id must be from 10000 to 100000000, got {'9' * 24}... (4000 characters)"
+    )
