@@ -217,6 +217,23 @@ def test_close_after_response_when_asked(
     assert closed_after < 2.0
 
 
+def send_writes(server: ServerProcess, writes: list[str]) -> tuple[list[bytes], bytes]:
+    """Send ``writes`` 0.1 s apart on one connection and read until the server closes it.
+
+    Returns the status codes of the responses and every byte received.
+    """
+    with connect(server) as connection:
+        for data in writes:
+            connection.sendall(data.encode())
+            time.sleep(0.1)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    # A response body ends in a newline, so the next status line can follow it directly.
+    statuses: list[bytes] = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    return statuses, received
+
+
 HEALTH = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 HEALTH_THEN_CLOSE = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
@@ -235,16 +252,8 @@ def test_bytes_after_last_request_ignored(
 ) -> None:
     # The server ignores what a client sends after its last request, and
     # still responds to that request.
-    with connect(server) as connection:
-        for data in writes:
-            connection.sendall(data.encode())
-            time.sleep(0.1)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
+    statuses, received = send_writes(server, writes)
 
-    # A response body ends in a newline, so the next status line can follow it directly.
-    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
     assert statuses == [b"200"] * expected_responses, received
 
 
@@ -260,15 +269,8 @@ def test_empty_lines_before_request_ignored(
     server: ServerProcess, writes: list[str], expected_responses: int
 ) -> None:
     # RFC 9112, section 2.2: a server should ignore empty lines before a request line.
-    with connect(server) as connection:
-        for data in writes:
-            connection.sendall(data.encode())
-            time.sleep(0.1)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
+    statuses, received = send_writes(server, writes)
 
-    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
     assert statuses == [b"200"] * expected_responses, received
 
 

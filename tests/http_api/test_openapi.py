@@ -314,42 +314,40 @@ async def test_document_validates(autojump_clock, harness):
     OpenAPIV31SpecValidator(harness.contract.document).validate()
 
 
-async def test_document_built_once(autojump_clock, harness, monkeypatch):
-    built = 0
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[OpenAPIProvider]:
+    """Record every build of an OpenAPI document from now on, by its provider."""
+    built: list[OpenAPIProvider] = []
     build = OpenAPIProvider.schema
 
     def counting_build(provider: OpenAPIProvider) -> dict[str, Any]:
-        nonlocal built
-        built += 1
+        built.append(provider)
         return build(provider)
 
     monkeypatch.setattr(OpenAPIProvider, "schema", counting_build)
-    # The harness fetched the document once before the count started.
+    return built
+
+
+async def test_document_built_once(autojump_clock, harness, builds):
+    # The harness has fetched the document once already.
+    built_before = len(builds)
     again = await fetch_document(harness.client)
 
     assert again == harness.contract.document
-    assert built == 0
+    assert len(builds) == built_before
 
 
-async def test_document_built_ahead_of_requests(autojump_clock, tmp_path, monkeypatch):
-    built = 0
-    build = OpenAPIProvider.schema
-
-    def counting_build(provider: OpenAPIProvider) -> dict[str, Any]:
-        nonlocal built
-        built += 1
-        return build(provider)
-
-    monkeypatch.setattr(OpenAPIProvider, "schema", counting_build)
+async def test_document_built_ahead_of_requests(autojump_clock, tmp_path, builds):
     engine = EngineSettings(results_dir=tmp_path / "results", **SMALL_ARCHIVES)
     app = create_app(Settings(engine=engine))
     # The way the server builds it: in a worker thread, before any request.
     await trio.to_thread.run_sync(build_document, app)
-    assert built == 1
+    built_before_requests = len(builds)
     async with app.test_app() as test_app:
         document = await fetch_document(test_app.test_client())
 
-    assert built == 1
+    assert built_before_requests == 1
+    assert len(builds) == 1
     assert document["info"]["title"] == "download-jobs"
 
 
