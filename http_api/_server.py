@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import h2.events
+import h2.exceptions
 import h11
 import hypercorn.logging
 import hypercorn.protocol
@@ -540,7 +541,22 @@ class _H2Protocol(H2Protocol):
     logged a traceback. The service is neither a WebSocket server nor a
     proxy, so a CONNECT with ``:protocol`` gets the ``websocket_not_supported``
     problem, and any other CONNECT a 405 problem.
+
+    ``send_goaway`` tells the client that the server is closing the
+    connection, which the server's idle timer calls first.
     """
+
+    async def send_goaway(self) -> None:
+        """Send GOAWAY, which RFC 9113, section 6.8, asks of a server before it closes a connection.
+
+        One checkpoint, the write. Sends nothing on a connection that h2
+        already counts as closed.
+        """
+        try:
+            self.connection.close_connection()
+        except h2.exceptions.ProtocolError:
+            return
+        await self._flush()
 
     async def _create_stream(self, request: h2.events.RequestReceived) -> None:
         method = b""
@@ -640,6 +656,12 @@ class _ConnectionServer(TCPServer):
             return
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
+
+    async def _initiate_server_close(self) -> None:
+        protocol = getattr(self.protocol, "protocol", None)
+        if isinstance(protocol, _H2Protocol):
+            await protocol.send_goaway()
+        await super()._initiate_server_close()
 
     async def _close(self) -> None:
         # Hypercorn closes the socket from the task that ends the connection.

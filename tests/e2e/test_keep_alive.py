@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 import pytest
 
 from engine import SettingsError
@@ -122,24 +126,25 @@ def test_idle_connection_closed_after_timeout(
     assert idle < WAIT_SECONDS
 
 
-# The HTTP/2 connection preface, then an empty SETTINGS frame (RFC 9113, section 3.4).
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
 def test_idle_http2_connection_closed_after_timeout(start_server: StartServer) -> None:
     # A client that opens HTTP/2 and never sends a request. Before the fix,
     # the server kept such a connection open for good.
     server = start_server(KEEP_ALIVE_TIMEOUT_MS=str(KEEP_ALIVE_MS), **SLOW_JOBS)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    events: list[h2.events.Event] = []
     with connect(server) as connection:
-        connection.sendall(HTTP2_PREFACE)
+        connection.sendall(client.data_to_send())
         started = time.monotonic()
-        # The server's own SETTINGS and acknowledgement come first.
-        while connection.recv(65536):
-            pass
+        # The server's own SETTINGS and acknowledgement come first, GOAWAY last.
+        while data := connection.recv(65536):
+            events += client.receive_data(data)
         idle = time.monotonic() - started
 
     assert idle >= KEEP_ALIVE_MS / 1000 * 0.9
     assert idle < WAIT_SECONDS
+    assert isinstance(events[-1], h2.events.ConnectionTerminated)
+    assert events[-1].error_code == h2.errors.ErrorCodes.NO_ERROR
 
 
 def test_polls_within_timeout_keep_connection(start_server: StartServer) -> None:
