@@ -542,9 +542,27 @@ class _H2Protocol(H2Protocol):
     proxy, so a CONNECT with ``:protocol`` gets the ``websocket_not_supported``
     problem, and any other CONNECT a 405 problem.
 
+    Hypercorn also looked up the stream of each DATA frame without checking
+    that it was still open. Data for a stream whose response had ended,
+    such as a CONNECT's or a GET's whose client kept sending, raised
+    ``KeyError``, which ended the connection with every other stream on it.
+    Here such data is acknowledged, so the connection's flow-control window
+    stays open, and otherwise dropped.
+
     ``send_goaway`` tells the client that the server is closing the
     connection, which the server's idle timer calls first.
     """
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        # One event at a time: a stream opened by an earlier event of the same
+        # batch must be known when its data comes.
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                self.connection.acknowledge_received_data(
+                    event.flow_controlled_length, event.stream_id
+                )
+                continue
+            await super()._handle_events([event])
 
     async def send_goaway(self) -> None:
         """Send GOAWAY, which RFC 9113, section 6.8, asks of a server before it closes a connection.

@@ -297,3 +297,38 @@ def test_http2_connect_gets_problem(
     assert document["requestId"] == fields["x-request-id"]
     server.wait_for_log(re.escape(f"(request id {document['requestId']})"))
     assert "Traceback" not in server.log
+
+
+def test_http2_data_after_response_leaves_connection_serving(server: ServerProcess) -> None:
+    # The client keeps sending on a CONNECT stream that already has its
+    # response. Hypercorn failed on such data and dropped the connection,
+    # with every other stream on it.
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
+    connection.send_data(1, b"tunnel bytes")
+    connection.send_headers(
+        3,
+        [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/health")],
+        end_stream=True,
+    )
+    statuses: dict[int, str] = {}
+    ended: set[int] = set()
+    with socket.create_connection((address.hostname, address.port), timeout=WAIT_SECONDS) as sock:
+        sock.sendall(connection.data_to_send())
+        while 3 not in ended:
+            data = sock.recv(65536)
+            assert data, f"connection closed; statuses so far {statuses}"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = dict(event.headers)[b":status"].decode()
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended.add(event.stream_id)
+            sock.sendall(connection.data_to_send())
+
+    assert statuses == {1: "405", 3: "200"}
+    # The rejection logs one line; once it is in, anything else logged is too.
+    server.wait_for_log(r"rejected an HTTP/2 CONNECT request with 405")
+    assert "Traceback" not in server.log
