@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
 from hypercorn.typing import HTTPScope
@@ -39,6 +40,12 @@ def first_header_value(scope: HTTPScope, name: bytes) -> str | None:
         if header == name:
             return value.decode("latin-1")
     return None
+
+
+def picked_request_id(scope: Mapping[str, Any]) -> str | None:
+    """Return the id that ``request_id_of`` picked for the request of ``scope``, if any."""
+    request_id: str | None = scope.get(_SCOPE_KEY)
+    return request_id
 
 
 def request_id_of(scope: HTTPScope) -> str:

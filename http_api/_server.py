@@ -58,6 +58,7 @@ from ._context import CLIENT_KEY, STATUS_LAYER_KEY
 from ._openapi import build_document
 from ._problems import PROBLEM_MEDIA_TYPE, Problem
 from ._render import encode_json
+from ._request_id import picked_request_id
 from ._settings import Settings
 from ._status_layer import StatusLayer
 from ._websocket import WEBSOCKET_PROBLEM
@@ -77,6 +78,7 @@ LISTEN_BACKLOG = 1024
 ACCESS_LOG_FORMAT = (
     '%(h)s %(l)s %(l)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
 )
+_REQUEST_ID_ATOM = "{x-request-id}o"
 
 # Maximum length of the parser message quoted in a rejected request's problem document.
 MAX_REASON_CHARACTERS = 200
@@ -96,7 +98,8 @@ class _AccessLogger(hypercorn.logging.Logger):
     """Hypercorn's logger, with control characters in access-log fields escaped.
 
     Hypercorn logs the percent-decoded path, so ``%0A`` in a request target
-    would otherwise start a forged line in the access log.
+    would otherwise start a forged line in the access log. A request that
+    got no response still has its id logged, if the app had picked one.
     """
 
     def atoms(
@@ -106,6 +109,10 @@ class _AccessLogger(hypercorn.logging.Logger):
         # The atoms are a dict subclass that returns "-" for a missing key, so
         # the values are replaced in place rather than copied to a new dict.
         assert isinstance(atoms, dict)
+        if _REQUEST_ID_ATOM not in atoms:
+            picked = picked_request_id(request)
+            if picked is not None:
+                atoms[_REQUEST_ID_ATOM] = picked
         for key, value in list(atoms.items()):
             if isinstance(value, str) and _CONTROL_CHARACTERS.search(value):
                 atoms[key] = _CONTROL_CHARACTERS.sub(_escape_control, value)

@@ -14,6 +14,7 @@ from hypercorn.config import Config
 from hypercorn.protocol.events import EndBody, Event, StreamClosed
 from hypercorn.protocol.http_stream import ASGIHTTPState
 
+from http_api._request_id import request_id_of
 from http_api._server import ACCESS_LOG_FORMAT, _AccessLogger, _HTTPStream
 
 
@@ -184,3 +185,22 @@ async def test_line_ends_with_request_id(log_file):
         access_logger.access_logger.handlers.clear()
 
     assert log_file.read_text().rstrip("\n").endswith('" 200 - "-" "test" abc-123')
+
+
+async def test_line_without_response_ends_with_picked_id(log_file):
+    config = Config()
+    config.accesslog = str(log_file)
+    config.access_log_format = ACCESS_LOG_FORMAT
+    access_logger = _AccessLogger(config)
+    scope = status_scope("/health")
+    # What the app's layers do with each request they see.
+    request_id = request_id_of(scope)
+    try:
+        await access_logger.access(scope, None, 0.01)  # type: ignore[arg-type]
+    finally:
+        assert access_logger.access_logger is not None
+        for handler in access_logger.access_logger.handlers:
+            handler.close()
+        access_logger.access_logger.handlers.clear()
+
+    assert log_file.read_text().rstrip("\n").endswith(f'" - - "-" "test" {request_id}')
