@@ -558,7 +558,36 @@ class _H2Protocol(H2Protocol):
 
     ``send_goaway`` tells the client that the server is closing the
     connection, which the server's idle timer calls first.
+
+    Hypercorn's send task wrote a response's last bytes, then a checkpoint,
+    then the end of the stream. Taking the last bytes wakes the app's task,
+    whose end of the stream closes the connection during a stop, so the
+    end of the stream was lost and the client saw a PROTOCOL_ERROR. Here
+    ``_send_data`` sends the last bytes with the end of the stream, with no
+    checkpoint between.
     """
+
+    async def _send_data(self, stream_id: int) -> None:
+        try:
+            buffer = self.stream_buffers[stream_id]
+            window = self.connection.local_flow_control_window(stream_id)
+            chunk_size = max(0, min(window, self.connection.max_outbound_frame_size))
+            data = await buffer.pop(chunk_size)  # not a checkpoint
+            if buffer.complete:
+                self.connection.send_data(stream_id, data, end_stream=True)
+                del self.stream_buffers[stream_id]
+                self.priority.remove_stream(stream_id)
+                await self._flush()
+            elif data:
+                self.connection.send_data(stream_id, data)
+                await self._flush()
+            else:
+                self.priority.block(stream_id)
+        except (h2.exceptions.StreamClosedError, KeyError, h2.exceptions.ProtocolError):
+            # As in Hypercorn: the stream or the connection closed while data waited.
+            await self.stream_buffers[stream_id].close()
+            del self.stream_buffers[stream_id]
+            self.priority.remove_stream(stream_id)
 
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
         # One event at a time: a stream opened by an earlier event of the same

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
+import time
 from urllib.parse import urlsplit
 
 import h2.config
@@ -161,6 +163,27 @@ def test_http2_with_prior_knowledge_is_served(server: ServerProcess) -> None:
     assert response.http_version == "HTTP/2"
     assert response.status_code == 200
     assert response.json()["status"] == "healthy"
+
+
+def test_http2_download_matches_checksum(server: ServerProcess) -> None:
+    # A result of many DATA frames, whose last one also ends the stream.
+    with httpx.Client(
+        base_url=server.base_url, http1=False, http2=True, trust_env=False, timeout=5
+    ) as client:
+        job = client.post("/v1/download/start", json={"file_id": 70000}).json()
+        status = client.get(job["statusUrl"]).json()
+        # FAST_SETTINGS jobs take at most 0.6 s.
+        for _ in range(50):
+            if status["status"] == "done":
+                break
+            time.sleep(0.1)
+            status = client.get(job["statusUrl"]).json()
+        result = client.get(job["resultUrl"])
+
+    assert result.http_version == "HTTP/2"
+    assert result.status_code == 200
+    assert len(result.content) == status["result"]["size"]
+    assert hashlib.sha256(result.content).hexdigest() == status["result"]["sha256"]
 
 
 WEBSOCKET_HANDSHAKE = (
