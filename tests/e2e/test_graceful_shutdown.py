@@ -27,6 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import trio
@@ -471,3 +474,75 @@ async def test_second_sigterm_cuts_download(start_server: StartServer) -> None:
     assert len(body) < document["result"]["size"]
     assert await exit_status(server) == 0, server.log
     assert "closed a connection that was still busy after the second stop signal" in server.log
+
+
+# The HTTP/2 reader's pace: 16 KiB reads, about 4 MB per second.
+HTTP2_READ_BYTES = 16 * 1024
+HTTP2_READ_RATE = 4_000_000
+
+
+def read_http2_slowly(
+    server: ServerProcess, path: str, started: threading.Event
+) -> list[h2.events.Event]:
+    """Fetch ``path`` over HTTP/2 (prior knowledge), reading about 4 MiB per second.
+
+    Sets ``started`` after the first read. Returns every event of the
+    response's stream, and the connection's end, until the server closes.
+    """
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
+    client.send_headers(1, request, end_stream=True)
+    events: list[h2.events.Event] = []
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HTTP2_READ_BYTES * 2)
+        connection.settimeout(REQUEST_TIMEOUT_SECONDS)
+        connection.connect((address.hostname, address.port))
+        connection.sendall(client.data_to_send())
+        read = 0
+        began = time.monotonic()
+        while data := connection.recv(HTTP2_READ_BYTES):
+            started.set()
+            read += len(data)
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    client.acknowledge_received_data(event.flow_controlled_length, 1)
+                if isinstance(
+                    event,
+                    h2.events.ResponseReceived
+                    | h2.events.DataReceived
+                    | h2.events.StreamEnded
+                    | h2.events.StreamReset,
+                ):
+                    events.append(event)
+            connection.sendall(client.data_to_send())
+            time.sleep(max(read / HTTP2_READ_RATE - (time.monotonic() - began), 0.0))
+    return events
+
+
+async def test_http2_download_ends_its_stream_after_sigterm(start_server: StartServer) -> None:
+    # The last DATA frame ends the stream. Hypercorn sent the end separately,
+    # after a checkpoint, and a stop could close the connection in between:
+    # this test failed in one of two runs before the fix.
+    server, document = await start_large_result(start_server)
+    started = threading.Event()
+    download = functools.partial(read_http2_slowly, server, document["resultUrl"], started)
+    results: list[list[h2.events.Event]] = []
+
+    async def fetch() -> None:
+        results.append(await trio.to_thread.run_sync(download))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch)
+        assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
+        server.process.send_signal(signal.SIGTERM)
+
+    (events,) = results
+    received = sum(len(event.data) for event in events if isinstance(event, h2.events.DataReceived))
+    assert received == document["result"]["size"]
+    assert isinstance(events[-1], h2.events.StreamEnded)
+    await wait_for_exit(server, time.monotonic(), EXIT_SLACK_SECONDS)
+    assert await exit_status(server) == 0, server.log
