@@ -310,8 +310,8 @@ def build_document(app: Quart) -> None:
     """Build and keep ``app``'s OpenAPI document now, so no request pays for it.
 
     Blocks for about 0.25 s on a 2-core VM, so the server calls it in a
-    worker thread before it accepts connections. Call it at most once, and
-    before any request could ask for the document: the build is not locked.
+    worker thread before it accepts connections. The build takes no lock, so
+    a request for the document during this call would build it again.
     """
     app.extensions["QUART_SCHEMA"].openapi_provider.schema()
 

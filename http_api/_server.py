@@ -65,25 +65,23 @@ from ._websocket import WEBSOCKET_PROBLEM
 
 logger = logging.getLogger("http_api")
 
-# Least time open connections get to finish once the drain has ended, even
-# after a second signal or a grace period already spent (seconds).
+# Minimum time that open connections get to finish once the drain has ended,
+# also after a second signal or when the grace period is spent (seconds).
 GRACEFUL_TIMEOUT_SECONDS = 3.0
 # Connections the kernel queues before the server accepts them. With
 # Hypercorn's default of 100, a load test opening 500 connections per second
 # on 127.0.0.1 had some of them reset. Linux caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
 
-# Hypercorn's default access-log format, then the response's X-Request-ID,
-# which the app's log lines about the request also name.
-ACCESS_LOG_FORMAT = (
-    '%(h)s %(l)s %(l)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
-)
+# Hypercorn's default access-log format, then the request id, which the
+# app's log lines about the request also name (see _AccessLogger).
 _REQUEST_ID_ATOM = "{x-request-id}o"
+ACCESS_LOG_FORMAT = f"{Config.access_log_format} %({_REQUEST_ID_ATOM})s"
 
 # Maximum length of the parser message quoted in a rejected request's problem document.
 MAX_REASON_CHARACTERS = 200
 
-# How h11 quotes the client's bytes in its messages: bytearray(b'...').
+# The form in which h11 messages quote the client's bytes: bytearray(b'...').
 _BYTEARRAY_REPR = re.compile(r"""bytearray\((b(['"]).*?(?<!\\)\2)\)""")
 
 # ASCII control characters, which an access-log field must not write raw.
@@ -217,10 +215,9 @@ class _ClosingConnection(h11.Connection):
         if data and self.their_state is h11.MUST_CLOSE:
             return
         if data and self.their_state is h11.IDLE and not self.trailing_data[0]:
-            # Empty lines before a request line, which RFC 9112, section 2.2,
-            # asks a server to ignore; h11 rejects them. Bytes that are all
-            # line ends are dropped whole, because no bytes at all would be
-            # read as the end of the stream.
+            # RFC 9112, section 2.2, recommends that a server ignore empty lines
+            # before a request line, which h11 rejects. A read of line ends only
+            # is dropped whole, because empty data would mean the end of the stream.
             data = data.lstrip(b"\r\n")
             if not data:
                 return
@@ -289,9 +286,10 @@ class _WebSocketUpgrade(h11.RemoteProtocolError):
 def _is_websocket_upgrade(method: bytes, upgrade: bytes, connection: bytes) -> bool:
     """Return whether Hypercorn would take the request for a WebSocket handshake.
 
-    Such a request is rejected before Hypercorn sees it: Hypercorn answers
-    an invalid handshake with an empty 400 and then leaves the connection
-    open, and bytes pipelined after a valid one made it log tracebacks.
+    Such a request is rejected before it reaches Hypercorn. Hypercorn
+    responds to an invalid handshake with an empty 400 and leaves the
+    connection open, and bytes pipelined after a valid one made it log
+    tracebacks.
     """
     tokens = {token.strip().lower() for token in connection.split(b",")}
     return method == b"GET" and upgrade.strip().lower() == b"websocket" and b"upgrade" in tokens
@@ -503,10 +501,10 @@ _CONNECT_PROBLEM = Problem(
 
 
 class _ProblemStream:
-    """An HTTP/2 stream that answers its request with one problem document and ignores the rest.
+    """An HTTP/2 stream that responds to its request with one problem document.
 
-    Each ``handle`` of the request sends four events, each a checkpoint;
-    other events are ignored, so a client may still send data on it.
+    Handling the request sends four events, each a checkpoint. Other events
+    are ignored, so a client may still send data on the stream.
     """
 
     idle = False
@@ -540,10 +538,10 @@ class _ProblemStream:
 
 
 class _H2Protocol(H2Protocol):
-    """Hypercorn's HTTP/2 protocol, answering every CONNECT itself with a problem document.
+    """Hypercorn's HTTP/2 protocol, responding to every CONNECT itself with a problem document.
 
     Hypercorn takes every CONNECT for a WebSocket handshake (RFC 8441). It
-    answered an invalid handshake with an empty 400, and a CONNECT without
+    sent an empty 400 for an invalid handshake, and a CONNECT without
     ``:path`` raised ``UnboundLocalError``, which ended the connection and
     logged a traceback. The service is neither a WebSocket server nor a
     proxy, so a CONNECT with ``:protocol`` gets the ``websocket_not_supported``
@@ -556,15 +554,18 @@ class _H2Protocol(H2Protocol):
     Here such data is acknowledged, so the connection's flow-control window
     stays open, and otherwise dropped.
 
-    ``send_goaway`` tells the client that the server is closing the
-    connection, which the server's idle timer calls first.
+    The server's idle timer calls ``send_goaway`` before it closes the
+    connection.
 
     Hypercorn's send task wrote a response's last bytes, then a checkpoint,
     then the end of the stream. Taking the last bytes wakes the app's task,
     whose end of the stream closes the connection during a stop, so the
-    end of the stream was lost and the client saw a PROTOCOL_ERROR. Here
-    ``_send_data`` sends the last bytes with the end of the stream, with no
-    checkpoint between.
+    client never received the end of the stream. Here ``_send_data`` sends
+    the last bytes with the end of the stream, with no checkpoint between.
+
+    NOTE: after that close, h2 counts the connection as closed and responds
+    to the client's late WINDOW_UPDATE with GOAWAY PROTOCOL_ERROR; the body
+    is complete, but a strict client may report an error.
     """
 
     async def _send_data(self, stream_id: int) -> None:
@@ -601,7 +602,7 @@ class _H2Protocol(H2Protocol):
             await super()._handle_events([event])
 
     async def send_goaway(self) -> None:
-        """Send GOAWAY, which RFC 9113, section 6.8, asks of a server before it closes a connection.
+        """Send GOAWAY, as RFC 9113, section 6.8, expects before a server closes a connection.
 
         One checkpoint, the write. Sends nothing on a connection that h2
         already counts as closed.
@@ -760,7 +761,7 @@ class _ConnectionServer(TCPServer):
 class _Stop:
     """How far the server's stop has come, shared by the signal handler and the shutdown trigger."""
 
-    # Set when no job is left in flight, which tells Hypercorn to stop.
+    # Set when no job is left in flight; the shutdown trigger then stops Hypercorn.
     drained: trio.Event = dataclasses.field(default_factory=trio.Event)
     # Trio time at which the grace period of the first signal ends: the time
     # that responses in progress, such as downloads, may go on for. -inf

@@ -24,16 +24,16 @@ WEBSOCKET_PROBLEM = Problem(
 
 @dataclasses.dataclass(eq=False)
 class WebSocketRejector:
-    """ASGI middleware that answers every WebSocket handshake with a 400 problem document.
+    """ASGI middleware that rejects every WebSocket handshake with a 400 problem document.
 
     Quart would route the handshake as a WebSocket request and fail in the
     app's request hooks. The service's own server rejects handshakes before
-    they reach the app (see ``http_api._server``), so this layer answers
+    they reach the app (see ``http_api._server``), so this layer responds to
     only those that another ASGI server passes on. The response goes out
     over the ASGI WebSocket HTTP response extension, which Hypercorn offers.
     Without the extension the handshake is closed instead, and the server
-    then answers 403. Other scopes pass to ``app`` unchanged. Two
-    checkpoints, both sends; the layer never reads from the client.
+    then sends 403. Other scopes pass to ``app`` unchanged. Two checkpoints,
+    both sends. The layer never reads from the client.
     """
 
     app: ASGIApp

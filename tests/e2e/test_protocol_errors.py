@@ -211,9 +211,9 @@ WEBSOCKET_HANDSHAKE = (
     ],
 )
 def test_websocket_handshake_gets_problem(server: ServerProcess, data: str) -> None:
-    # The service has no WebSocket endpoints. Hypercorn answered an invalid
-    # handshake with an empty 400 and left the connection open, and Quart
-    # failed a valid one with an empty 500 and tracebacks.
+    # The service has no WebSocket endpoints. Hypercorn sent an empty 400 for
+    # an invalid handshake and left the connection open, and Quart failed a
+    # valid one with an empty 500 and tracebacks.
     received = exchange_raw(server, data.encode())
 
     status_line, fields, body = split_response(received)
@@ -308,8 +308,8 @@ def http2_exchange(server: ServerProcess, headers: list[tuple[str, str]]) -> tup
 def test_http2_connect_gets_problem(
     server: ServerProcess, extra: list[tuple[str, str]], status: int, code: str
 ) -> None:
-    # Hypercorn answered the first with an empty 400, and failed on the second
-    # with a traceback that ended the connection.
+    # Hypercorn sent an empty 400 for the first, and failed on the second with
+    # a traceback that ended the connection.
     headers = [(":method", "CONNECT"), (":authority", "x"), *extra]
     fields, body = http2_exchange(server, headers)
     document = json.loads(body)

@@ -298,13 +298,20 @@ async def test_unavailable_file_fails_without_retry(autojump_clock, make_setting
     assert registry.get_sample_value("download_jobs_retries_total") == 0
 
 
-async def test_backoff_counts_against_deadline(autojump_clock, make_settings):
-    # Base and cap of 60 s: every backoff is drawn from [0, 60] s. With the seed
-    # of the test settings the first draw is about 7 s, so the job is waiting to
-    # retry, with no attempt running, when its 5-second deadline passes.
-    settings = make_settings(
+def long_backoff_settings(make_settings):
+    """Return settings whose backoffs are drawn from [0, 60] s, for up to 100 attempts.
+
+    With the seed of the test settings the first draw is about 7 s.
+    """
+    return make_settings(
         job_max_attempts=100, retry_backoff_base_ms=60_000, retry_backoff_cap_ms=60_000
     )
+
+
+async def test_backoff_counts_against_deadline(autojump_clock, make_settings):
+    # The first backoff is about 7 s, so the job is waiting to retry, with no
+    # attempt running, when its 5-second deadline passes.
+    settings = long_backoff_settings(make_settings)
     source = FlakySource(failures=math.inf, fail_after=1.0)
     async with started_supervisor(settings, source) as client:
         submitted = await client.submit(1, job_timeout=5)
@@ -320,12 +327,10 @@ async def test_backoff_counts_against_deadline(autojump_clock, make_settings):
 
 
 async def test_retry_after_deadline_not_shown(autojump_clock, make_settings):
-    # The same draw of about 7 s after the first attempt fails at 1 s: the
-    # retry would start after the 5-second deadline, so the snapshot shows no
+    # The first attempt fails at 1 s and the backoff is about 7 s, so the
+    # retry would start after the 5-second deadline. The snapshot shows no
     # retry time, and its next change is the deadline.
-    settings = make_settings(
-        job_max_attempts=100, retry_backoff_base_ms=60_000, retry_backoff_cap_ms=60_000
-    )
+    settings = long_backoff_settings(make_settings)
     source = FlakySource(failures=math.inf, fail_after=1.0)
     async with started_supervisor(settings, source) as client:
         submitted = await client.submit(1, job_timeout=5)

@@ -87,8 +87,13 @@ class StreamRecord:
         self.app_received: list[str] = []
 
 
-def responding_stream(config: Config, record: StreamRecord, close_at_end: bool) -> _HTTPStream:
-    """Return a stream whose response to ``GET /health`` has started with status 200.
+def responding_stream(
+    config: Config,
+    record: StreamRecord,
+    close_at_end: bool,
+    state: ASGIHTTPState = ASGIHTTPState.RESPONSE,
+) -> _HTTPStream:
+    """Return a stream of ``GET /health`` in ``state``, by default with a 200 response started.
 
     With ``close_at_end``, the client closes the stream during the
     response's last write, as the reading task reports it.
@@ -106,7 +111,7 @@ def responding_stream(config: Config, record: StreamRecord, close_at_end: bool) 
     stream.scope = status_scope("/health")
     stream.response = {"type": "http.response.start", "status": 200, "headers": []}
     stream.start_time = time.time()
-    stream.state = ASGIHTTPState.RESPONSE
+    stream.state = state
     stream.app_put = app_put
     return stream
 
@@ -140,8 +145,7 @@ async def test_stream_logged_once_when_closed_before_end(stream_config, log_file
 
 async def test_stream_closed_before_response_logs_at_app_end(stream_config, log_file):
     record = StreamRecord()
-    stream = responding_stream(stream_config, record, close_at_end=False)
-    stream.state = ASGIHTTPState.REQUEST
+    stream = responding_stream(stream_config, record, False, ASGIHTTPState.REQUEST)
 
     await stream.handle(StreamClosed(stream_id=1))
     logged_before_end = log_file.exists() and log_file.read_text() != ""
@@ -157,8 +161,7 @@ async def test_stream_closed_before_response_logs_at_app_end(stream_config, log_
 async def test_response_after_early_close_logs_its_status(stream_config, log_file):
     # A client that half-closed after its request: the app still responds.
     record = StreamRecord()
-    stream = responding_stream(stream_config, record, close_at_end=False)
-    stream.state = ASGIHTTPState.REQUEST
+    stream = responding_stream(stream_config, record, False, ASGIHTTPState.REQUEST)
 
     await stream.handle(StreamClosed(stream_id=1))
     await stream.app_send({"type": "http.response.start", "status": 202, "headers": []})
