@@ -92,12 +92,21 @@ def _escape_control(match: re.Match[str]) -> str:
     return f"\\x{ord(match.group()):02x}"
 
 
+class _LoggedResponse(ResponseSummary):
+    """A response as the access log gets it: with the body bytes written to the connection."""
+
+    body_bytes: int
+
+
 class _AccessLogger(hypercorn.logging.Logger):
     """Hypercorn's logger, with control characters in access-log fields escaped.
 
     Hypercorn logs the percent-decoded path, so ``%0A`` in a request target
     would otherwise start a forged line in the access log. A request that
-    got no response still has its id logged, if the app had picked one.
+    got no response still has its id logged, if the app had picked one. The
+    size fields (``%(b)s`` and ``%(B)s``) are the body bytes written, as
+    ``_HTTPStream`` counts them, where Hypercorn logs the Content-Length:
+    ``-`` and ``0`` for none, as in Apache's format.
     """
 
     def atoms(
@@ -107,6 +116,10 @@ class _AccessLogger(hypercorn.logging.Logger):
         # The atoms are a dict subclass that returns "-" for a missing key, so
         # the values are replaced in place rather than copied to a new dict.
         assert isinstance(atoms, dict)
+        if response is not None and "body_bytes" in response:
+            body_bytes = cast(_LoggedResponse, response)["body_bytes"]
+            atoms["b"] = str(body_bytes) if body_bytes else "-"
+            atoms["B"] = str(body_bytes)
         if _REQUEST_ID_ATOM not in atoms:
             picked = picked_request_id(request)
             if picked is not None:
@@ -206,6 +219,8 @@ class _ClosingConnection(h11.Connection):
     rejection_reason = ""
     # Whether the rejected request was a WebSocket handshake.
     rejected_websocket = False
+    # The rejected request, if h11 had parsed it before next_event rejected it.
+    rejected_request: h11.Request | None = None
 
     def __init__(self, max_head_bytes: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
@@ -238,6 +253,7 @@ class _ClosingConnection(h11.Connection):
         if isinstance(event, h11.Request):
             rejection = _request_error(event, self.max_head_bytes)
             if rejection is not None:
+                self.rejected_request = event
                 self.rejected_head = event.method == b"HEAD"
                 self.rejected_websocket = isinstance(rejection, _WebSocketUpgrade)
                 self.rejection_reason = str(rejection)
@@ -429,12 +445,81 @@ class _H11Protocol(H11Protocol):
             (b"connection", b"close"),
             *self.config.response_headers("h11"),
         ]
+        request = self.connection.rejected_request
+        await _log_rejection(
+            self.config,
+            self.client,
+            request.http_version.decode("latin-1") if request else "-",
+            request.method.decode("latin-1") if request else "-",
+            request.target if request else b"-",
+            list(request.headers) if request else [],
+            status_code,
+            headers,
+            0 if self.connection.rejected_head else len(body),
+        )
         await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
         # h11 raises on a body in the response to a HEAD. Only a request that
         # next_event rejected after h11 parsed it can be a HEAD here.
         if not self.connection.rejected_head:
             await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
+
+
+async def _log_rejection(
+    config: Config,
+    client: tuple[str, int] | None,
+    http_version: str,
+    method: str,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    status: int,
+    response_headers: list[tuple[bytes, bytes]],
+    body_bytes: int,
+) -> None:
+    """Write the access-log line of a request that the server rejected before the app saw it.
+
+    ``method``, ``target`` and ``http_version`` are ``-`` when the request
+    line could not be parsed. Not a checkpoint.
+    """
+    path, _, query = target.partition(b"?")
+    scope = {
+        "type": "http",
+        "http_version": http_version,
+        "method": method,
+        "scheme": "http",
+        "path": path.decode("latin-1"),
+        "raw_path": path,
+        "query_string": query,
+        "headers": headers,
+        "client": client,
+        "server": None,
+    }
+    response: _LoggedResponse = {
+        "status": status,
+        "headers": response_headers,
+        "body_bytes": body_bytes,
+    }
+    await config.log.access(cast(WWWScope, scope), response, 0.0)
+
+
+class _BodyCounter:
+    """A stream's ``send`` that counts the bytes of the ``Body`` events it wrote.
+
+    A write counts once it returns. A write that fails closes the stream
+    first, which writes the access-log line, so the line leaves out that
+    write's bytes. The counter refers to the protocol, not back to the
+    stream, because a reference cycle would leave each finished stream to
+    the garbage collector's rare full collections.
+    """
+
+    def __init__(self, send: Callable[[StreamEvent], Awaitable[None]]) -> None:
+        self.send = send
+        self.body_bytes = 0
+
+    async def __call__(self, event: StreamEvent) -> None:
+        await self.send(event)
+        if isinstance(event, Body):
+            self.body_bytes += len(event.data)
 
 
 class _HTTPStream(HTTPStream):
@@ -451,11 +536,16 @@ class _HTTPStream(HTTPStream):
     to, such as a start whose client half-closed the connection, so gets
     its status. The status is the app's: a client that closed the
     connection early may not have received it, and the size is the
-    response's Content-Length, not the bytes sent. The line is written
-    before the response's last write, which may fail.
+    response body's bytes written to the connection before the line (a
+    download cut short is logged with what it sent), not its Content-Length.
+    The line is written before the response's last write, which may fail.
     """
 
     _logged = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.send = self._counted = _BodyCounter(self.send)
 
     async def handle(self, event: StreamEvent) -> None:
         if not isinstance(event, StreamClosed) or self.closed:
@@ -486,9 +576,17 @@ class _HTTPStream(HTTPStream):
         # Not a checkpoint: Hypercorn's logger writes without awaiting.
         if not self._logged:
             self._logged = True
+            summary: _LoggedResponse | None = None
+            if response is not None:
+                summary = {
+                    "status": response["status"],
+                    "headers": response.get("headers", []),
+                    "body_bytes": self._counted.body_bytes,
+                }
             # The logger also takes None, for no response, as Hypercorn's own streams pass it.
-            summary = cast(ResponseSummary, response)
-            await self.config.log.access(self.scope, summary, time.time() - self.start_time)
+            await self.config.log.access(
+                self.scope, cast(ResponseSummary, summary), time.time() - self.start_time
+            )
 
 
 # The problem of a CONNECT that is no WebSocket handshake.
@@ -510,11 +608,18 @@ class _ProblemStream:
     idle = False
 
     def __init__(
-        self, send: Callable[[StreamEvent], Awaitable[None]], stream_id: int, problem: Problem
+        self,
+        send: Callable[[StreamEvent], Awaitable[None]],
+        stream_id: int,
+        problem: Problem,
+        config: Config,
+        client: tuple[str, int] | None,
     ) -> None:
         self.send = send
         self.stream_id = stream_id
         self.problem = problem
+        self.config = config
+        self.client = client
 
     async def handle(self, event: StreamEvent) -> None:
         if not isinstance(event, Request):
@@ -529,6 +634,17 @@ class _ProblemStream:
         headers, body = self.problem.encode(request_id)
         headers.append(("X-Request-ID", request_id))
         encoded = [(name.lower().encode(), value.encode("latin-1")) for name, value in headers]
+        await _log_rejection(
+            self.config,
+            self.client,
+            event.http_version,
+            event.method,
+            event.raw_path,
+            event.headers,
+            self.problem.status,
+            encoded,
+            len(body),
+        )
         await self.send(
             Response(stream_id=self.stream_id, headers=encoded, status_code=self.problem.status)
         )
@@ -614,20 +730,27 @@ class _H2Protocol(H2Protocol):
         await self._flush()
 
     async def _create_stream(self, request: h2.events.RequestReceived) -> None:
-        method = b""
+        method = path = b""
         websocket = False
+        headers: list[tuple[bytes, bytes]] = []
         for name, value in request.headers:
             if name == b":method":
                 method = value
             elif name == b":protocol":
                 websocket = True
+            elif name == b":path":
+                path = value
+            elif not name.startswith(b":"):
+                headers.append((name, value))
         if method.upper() != b"CONNECT":
             await super()._create_stream(request)
             return
         stream_id = request.stream_id
         problem = WEBSOCKET_PROBLEM if websocket else _CONNECT_PROBLEM
         # The bookkeeping of Hypercorn's own _create_stream, for any stream.
-        self.streams[stream_id] = _ProblemStream(self.stream_send, stream_id, problem)  # type: ignore[assignment]
+        self.streams[stream_id] = _ProblemStream(  # type: ignore[assignment]
+            self.stream_send, stream_id, problem, self.config, self.client
+        )
         self.stream_buffers[stream_id] = StreamBuffer(self.context.event_class)
         try:
             self.priority.insert_stream(stream_id)
@@ -639,10 +762,10 @@ class _H2Protocol(H2Protocol):
         await self.streams[stream_id].handle(
             Request(
                 stream_id=stream_id,
-                headers=[],
+                headers=headers,
                 http_version="2",
-                method="CONNECT",
-                raw_path=b"",
+                method=method.decode("latin-1"),
+                raw_path=path or b"-",
                 state=self.connection_state,
             )
         )

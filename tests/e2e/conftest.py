@@ -118,23 +118,38 @@ class ServerProcess:
             [str(DOWNLOAD_JOBS), "serve", "--host", "127.0.0.1", "--port", "0"],
             env=child_environment(**settings),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
         )
         self.base_url = ""
         self._lines: list[str] = []
+        self._output_lines: list[str] = []
         self._lines_lock = threading.Lock()
         self._listening = threading.Event()
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
+        self._output_reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._output_reader.start()
 
     @property
     def log(self) -> str:
         """The server's stderr so far, complete once ``stop`` has returned."""
         with self._lines_lock:
             return "".join(self._lines)
+
+    @property
+    def output(self) -> str:
+        """The server's stdout so far (the access log), complete once ``stop`` has returned."""
+        with self._lines_lock:
+            return "".join(self._output_lines)
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._lines_lock:
+                self._output_lines.append(line)
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -162,11 +177,14 @@ class ServerProcess:
                     f"log:\n{self.log}"
                 )
 
-    def wait_for_log(self, pattern: str) -> re.Match[str]:
-        """Return the first match of ``pattern`` in the log, waiting up to LOG_WAIT_SECONDS."""
+    def wait_for_log(self, pattern: str, output: bool = False) -> re.Match[str]:
+        """Return the first match of ``pattern`` in the log, waiting up to LOG_WAIT_SECONDS.
+
+        With ``output``, search stdout instead of stderr.
+        """
         deadline = time.monotonic() + LOG_WAIT_SECONDS
         while True:
-            match = re.search(pattern, self.log, re.MULTILINE)
+            match = re.search(pattern, self.output if output else self.log, re.MULTILINE)
             if match is not None:
                 return match
             if time.monotonic() > deadline:
@@ -188,8 +206,10 @@ class ServerProcess:
             pytest.fail(f"server did not exit within {STOP_TIMEOUT_SECONDS} s of {signum!r}")
         finally:
             self._reader.join(LOG_WAIT_SECONDS)
-            assert self.process.stderr is not None
+            self._output_reader.join(LOG_WAIT_SECONDS)
+            assert self.process.stderr is not None and self.process.stdout is not None
             self.process.stderr.close()
+            self.process.stdout.close()
         return self.process.returncode
 
 

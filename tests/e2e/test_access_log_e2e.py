@@ -1,0 +1,135 @@
+"""The access log of a real server: each line's size is the body bytes the server wrote,
+and requests rejected before the app are logged too."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from .conftest import ServerProcess
+from .wire import exchange_raw, http2_exchange, split_response
+
+pytestmark = pytest.mark.e2e
+
+JOB_TIMEOUT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 5.0
+# Large enough that the kernel's socket buffers on 127.0.0.1 cannot take the
+# whole file before the client's reset reaches the server.
+LARGE_FILE_BYTES = 40_000_000
+
+
+def wait_until_done(client: httpx.Client, job_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        document: dict[str, object] = client.get(f"/v1/download/status/{job_id}").json()
+        if document["status"] == "done":
+            return document
+        time.sleep(0.05)
+    pytest.fail(f"job {job_id} was not done within {JOB_TIMEOUT_SECONDS} s")
+
+
+def logged_size(server: ServerProcess, request_line: str) -> str:
+    """Return the size field of the access-log line for ``request_line``, waiting for it."""
+    pattern = rf'"{re.escape(request_line)} 1\.1" \d{{3}} (\S+) '
+    return server.wait_for_log(pattern, output=True).group(1)
+
+
+def test_sizes_are_body_bytes(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(ACCESS_LOG="true")
+    with httpx.Client(
+        base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS
+    ) as client:
+        job_id = client.post("/v1/download/start", json={"file_id": 70000}).json()["jobId"]
+        status = wait_until_done(client, job_id)
+        download = client.get(f"/v1/download/{job_id}")
+        head = client.head(f"/v1/download/{job_id}")
+
+    assert status["status"] == "done"
+    assert download.status_code == 200 and head.status_code == 200
+    assert logged_size(server, f"GET /v1/download/{job_id}") == str(len(download.content))
+    # A HEAD response declares the file's length but sends no body.
+    assert head.headers["content-length"] == str(len(download.content))
+    assert logged_size(server, f"HEAD /v1/download/{job_id}") == "-"
+
+
+def test_download_cut_short_logs_bytes_written(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(
+        ACCESS_LOG="true",
+        DOWNLOAD_SIZE_MIN_BYTES=str(LARGE_FILE_BYTES),
+        DOWNLOAD_SIZE_MAX_BYTES=str(LARGE_FILE_BYTES),
+    )
+    with httpx.Client(
+        base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS
+    ) as client:
+        job_id = client.post("/v1/download/start", json={"file_id": 70000}).json()["jobId"]
+        status = wait_until_done(client, job_id)
+    host, port = server.base_url.removeprefix("http://").split(":")
+
+    with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_SECONDS) as sock:
+        sock.sendall(f"GET /v1/download/{job_id} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        received = b""
+        while len(received) < 100_000:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed the connection before sending 100,000 bytes"
+            received += chunk
+        # Linger 0: the close resets the connection, so the server's next write fails.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    assert status["status"] == "done"
+    assert received.startswith(b"HTTP/1.1 200 ")
+    declared = re.search(rb"\r\ncontent-length: (\d+)\r\n", received.lower())
+    assert declared is not None and int(declared.group(1)) >= LARGE_FILE_BYTES
+    size = logged_size(server, f"GET /v1/download/{job_id}")
+    assert size.isdigit(), size
+    assert 0 < int(size) < int(declared.group(1))
+
+
+@pytest.mark.parametrize(
+    ("data", "request_line", "status"),
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", "- - -", 400, id="request-line"),
+        pytest.param(
+            b"GET /v1/download/status/x?wait=1 HTTP/1.1\r\nHost: x\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET /v1/download/status/x 1.1",
+            400,
+            id="websocket",
+        ),
+        pytest.param(
+            b"GET /health HTTP/3.0\r\nHost: x\r\n\r\n", "GET /health 3.0", 505, id="version"
+        ),
+    ],
+)
+def test_rejection_before_app_logged(
+    start_server: Callable[..., ServerProcess], data: bytes, request_line: str, status: int
+) -> None:
+    server = start_server(ACCESS_LOG="true")
+
+    status_line, fields, body = split_response(exchange_raw(server, data))
+    request_id = json.loads(body)["requestId"]
+    line = server.wait_for_log(rf"^.*{re.escape(request_id)}$", output=True).group()
+
+    assert status_line.startswith(f"HTTP/1.1 {status}")
+    assert f'"{request_line}" {status} {len(body)} ' in line
+    assert fields["x-request-id"] == request_id
+
+
+def test_http2_connect_logged(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(ACCESS_LOG="true")
+    headers = [(":method", "CONNECT"), (":authority", "x"), ("user-agent", "probe")]
+
+    fields, body = http2_exchange(server, headers)
+    request_id = json.loads(body)["requestId"]
+    line = server.wait_for_log(rf"^.*{re.escape(request_id)}$", output=True).group()
+
+    assert fields[":status"] == "405"
+    assert f'"CONNECT - 2" 405 {len(body)} "-" "probe" {request_id}' in line
