@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
+import h2.connection
 import h2.events
 import h2.exceptions
 import h11
@@ -23,7 +24,7 @@ import hypercorn.protocol.h11
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
-from hypercorn.events import RawData, Updated
+from hypercorn.events import Event, RawData, Updated
 from hypercorn.protocol.events import (
     Body,
     EndBody,
@@ -679,9 +680,11 @@ class _H2Protocol(H2Protocol):
     client never received the end of the stream. Here ``_send_data`` sends
     the last bytes with the end of the stream, with no checkpoint between.
 
-    NOTE: after that close, h2 counts the connection as closed and responds
-    to the client's late WINDOW_UPDATE with GOAWAY PROTOCOL_ERROR; the body
-    is complete, but a strict client may report an error.
+    During a stop, the end of the last stream sends GOAWAY, and h2 then
+    rejects every frame. The client's WINDOW_UPDATE for the last bytes often
+    arrives after that, and h2 responded with GOAWAY PROTOCOL_ERROR. Such
+    late bytes are now dropped (``handle``), and the client closes the
+    connection after GOAWAY, or the keep-alive timeout closes it.
     """
 
     async def _send_data(self, stream_id: int) -> None:
@@ -706,6 +709,28 @@ class _H2Protocol(H2Protocol):
             del self.stream_buffers[stream_id]
             self.priority.remove_stream(stream_id)
 
+    async def stream_send(self, event: StreamEvent) -> None:
+        if not isinstance(event, StreamClosed):
+            await super().stream_send(event)
+            return
+        # A stream's end comes from the app's task, which Quart-Trio may be
+        # cancelling. During a stop the end sends GOAWAY, and its write first
+        # takes the connection's send lock, a checkpoint, so a cancel there
+        # left GOAWAY unsent. Hypercorn shields the write itself, so the
+        # shield adds no new wait.
+        with trio.CancelScope(shield=True):
+            await super().stream_send(event)
+
+    async def handle(self, event: Event) -> None:
+        if (
+            isinstance(event, RawData)
+            and self.connection.state_machine.state is h2.connection.ConnectionState.CLOSED
+        ):
+            # The server has sent GOAWAY, so h2 rejects every further frame,
+            # and would send GOAWAY PROTOCOL_ERROR for a late WINDOW_UPDATE.
+            return
+        await super().handle(event)
+
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
         # One event at a time: a stream opened by an earlier event of the same
         # batch must be known when its data comes.
@@ -720,8 +745,8 @@ class _H2Protocol(H2Protocol):
     async def send_goaway(self) -> None:
         """Send GOAWAY, as RFC 9113, section 6.8, expects before a server closes a connection.
 
-        One checkpoint, the write. Sends nothing on a connection that h2
-        already counts as closed.
+        One checkpoint, the write. A connection that has already sent GOAWAY
+        sends another, which RFC 9113 allows. Sends nothing if h2 raises.
         """
         try:
             self.connection.close_connection()

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import httpx
 import pytest
@@ -487,7 +488,8 @@ def read_http2_slowly(
     """Fetch ``path`` over HTTP/2 (prior knowledge), reading about 4 MiB per second.
 
     Sets ``started`` after the first read. Returns every event of the
-    response's stream, and the connection's end, until the server closes.
+    response's stream and the server's GOAWAY, if any, reading until the
+    GOAWAY or until the server closes.
     """
     address = urlsplit(server.base_url)
     assert address.hostname is not None and address.port is not None
@@ -515,9 +517,12 @@ def read_http2_slowly(
                     h2.events.ResponseReceived
                     | h2.events.DataReceived
                     | h2.events.StreamEnded
-                    | h2.events.StreamReset,
+                    | h2.events.StreamReset
+                    | h2.events.ConnectionTerminated,
                 ):
                     events.append(event)
+            if events and isinstance(events[-1], h2.events.ConnectionTerminated):
+                break  # as clients do after GOAWAY once their streams have ended
             connection.sendall(client.data_to_send())
             time.sleep(max(read / HTTP2_READ_RATE - (time.monotonic() - began), 0.0))
     return events
@@ -542,7 +547,16 @@ async def test_http2_download_ends_its_stream_after_sigterm(start_server: StartS
 
     (events,) = results
     received = sum(len(event.data) for event in events if isinstance(event, h2.events.DataReceived))
+    stream_events = [
+        event for event in events if not isinstance(event, h2.events.ConnectionTerminated)
+    ]
+    goaway_codes = [
+        event.error_code for event in events if isinstance(event, h2.events.ConnectionTerminated)
+    ]
     assert received == document["result"]["size"]
-    assert isinstance(events[-1], h2.events.StreamEnded)
+    assert isinstance(stream_events[-1], h2.events.StreamEnded)
+    # GOAWAY's write was cancelled with the app's task, and the client's
+    # last WINDOW_UPDATE then got GOAWAY PROTOCOL_ERROR.
+    assert goaway_codes == [h2.errors.ErrorCodes.NO_ERROR]
     await wait_for_exit(server, time.monotonic(), EXIT_SLACK_SECONDS)
     assert await exit_status(server) == 0, server.log
