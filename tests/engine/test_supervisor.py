@@ -882,6 +882,17 @@ async def test_cancelled_caller_leaves_supervisor_working(autojump_clock, settin
     assert finished.status is JobStatus.DONE
 
 
+async def test_caller_cancelled_before_request_sends_nothing(autojump_clock, settings):
+    async with started_supervisor(settings) as client:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await client.submit(17)
+        jobs = await client.list_jobs()
+
+    assert scope.cancelled_caught
+    assert jobs == []
+
+
 async def test_shutdown_cancels_unfinished_jobs(autojump_clock, make_settings, results_dir, caplog):
     caplog.set_level(logging.INFO, logger="engine")
     settings = make_settings(max_concurrent_jobs=2)
