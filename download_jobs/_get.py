@@ -4,6 +4,12 @@ It starts a job, polls its status as often as the server's ``Retry-After``
 asks, shows progress on one line, downloads the file to a temporary name,
 checks its SHA-256 against the status document, and only then renames it.
 Every failure ends with one line on stderr and exit status 1.
+
+An output path that is a symbolic link is written through: the file it
+names gets the download, and the link stays. An output that exists and is
+no regular file, such as ``/dev/null`` or a named pipe, is written in
+place, because a rename would replace the device or pipe itself. Its bytes
+are checked as they pass, so a mismatch is reported after they are written.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ def _check_output(output: str | None) -> None:
     """Raise ``GetError`` now if ``-o`` cannot be written, before a long job runs."""
     if output is None:
         return
-    target = Path(output)
+    target = Path(os.path.realpath(output))
     if target.is_dir():
         raise GetError(f"output {output} is a folder; give a file path")
     folder = target.parent
@@ -168,8 +174,12 @@ def _download(
     result = status.get("result")
     if not isinstance(result, dict) or not {"fileName", "sha256", "size"} <= result.keys():
         raise GetError(f"status of job {job['jobId']} is done but describes no result")
-    target = Path(output) if output else Path(Path(str(result["fileName"])).name)
-    partial = target.with_name(target.name + ".part")
+    requested = Path(output) if output else Path(Path(str(result["fileName"])).name)
+    target = Path(os.path.realpath(requested))
+    if target.exists() and not target.is_file():
+        partial = target  # a device or a named pipe: written in place
+    else:
+        partial = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
     size = 0
     try:
@@ -185,23 +195,30 @@ def _download(
                     digest.update(chunk)
                     size += len(chunk)
     except httpx.TransportError as exc:
-        partial.unlink(missing_ok=True)
+        _discard(partial, target)
         raise GetError(f"download of job {job['jobId']} was cut off: {exc}") from None
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        _discard(partial, target)
         raise GetError(f"cannot write {partial}: {exc.strerror}") from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        _discard(partial, target)
         raise
 
     if digest.hexdigest() != result["sha256"] or size != result["size"]:
-        partial.unlink(missing_ok=True)
+        _discard(partial, target)
         raise GetError(
             f"checksum mismatch for job {job['jobId']}: expected sha256 {result['sha256']} "
             f"and {result['size']} bytes, got {digest.hexdigest()} and {size} bytes"
         )
-    os.replace(partial, target)
-    return target
+    if partial != target:
+        os.replace(partial, target)
+    return requested
+
+
+def _discard(partial: Path, target: Path) -> None:
+    """Remove the temporary file of a failed download, but never the target itself."""
+    if partial != target:
+        partial.unlink(missing_ok=True)
 
 
 def _cancel_interrupted_start(client: httpx.Client, file_id: str, key: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -70,6 +73,42 @@ def test_get_writes_checked_zip(server: ServerProcess, workdir: Path) -> None:
     with zipfile.ZipFile(output) as archive:
         assert archive.testzip() is None
     assert sorted(path.name for path in workdir.iterdir()) == ["file.zip"]
+
+
+def test_get_writes_through_symlink(server: ServerProcess, workdir: Path) -> None:
+    (workdir / "real.zip").write_bytes(b"old")
+    link = workdir / "link.zip"
+    link.symlink_to("real.zip")
+
+    result = run_command("get", "70000", "--server", server.base_url, "-o", str(link))
+
+    assert result.returncode == 0, result.stderr
+    status = fetch_status(server, job_id_for_file(server, 70000))
+    assert link.is_symlink()
+    assert sha256_hex((workdir / "real.zip").read_bytes()) == status["result"]["sha256"]
+    assert sorted(path.name for path in workdir.iterdir()) == ["link.zip", "real.zip"]
+
+
+def test_get_writes_into_named_pipe(server: ServerProcess, workdir: Path) -> None:
+    pipe = workdir / "pipe.zip"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()))
+    reader.start()
+    try:
+        result = run_command("get", "70000", "--server", server.base_url, "-o", str(pipe))
+    finally:
+        if reader.is_alive():
+            # The command never opened the pipe: a writer of our own ends the read.
+            with pipe.open("wb"):
+                pass
+        reader.join(COMMAND_TIMEOUT_SECONDS)
+
+    assert result.returncode == 0, result.stderr
+    status = fetch_status(server, job_id_for_file(server, 70000))
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert sha256_hex(received[0]) == status["result"]["sha256"]
+    assert sorted(path.name for path in workdir.iterdir()) == ["pipe.zip"]
 
 
 def test_get_default_file_name(server: ServerProcess, workdir: Path) -> None:
