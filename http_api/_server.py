@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
+import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
@@ -22,6 +23,7 @@ import hypercorn.protocol
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
 import hypercorn.trio.run
+import hyperframe.exceptions
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Event, RawData, Updated
@@ -312,6 +314,41 @@ def _is_websocket_upgrade(method: bytes, upgrade: bytes, connection: bytes) -> b
     return method == b"GET" and upgrade.strip().lower() == b"websocket" and b"upgrade" in tokens
 
 
+def _is_valid_h2c_upgrade(request: h11.Request) -> bool:
+    """Return False for a request that asks for ``Upgrade: h2c`` but may not have it.
+
+    Hypercorn switched to HTTP/2 on the ``Upgrade`` value alone, after its
+    101 response, and an invalid ``HTTP2-Settings`` then ended the connection
+    with a traceback in the log and no response to the request. RFC 9113
+    (section 3.2 of RFC 7540, which defines the upgrade) requires exactly one
+    ``HTTP2-Settings`` field, named in ``Connection`` with ``Upgrade``. A
+    request without them, or whose settings do not decode, is served over
+    HTTP/1.1, as RFC 9110, section 7.8, allows. Returns True for every other
+    request.
+    """
+    upgrade = b""
+    connection = b""
+    settings: list[bytes] = []
+    for name, value in request.headers:
+        if name == b"upgrade":
+            upgrade = value
+        elif name == b"connection":
+            connection += b"," + value
+        elif name == b"http2-settings":
+            settings.append(value)
+    if upgrade.strip().lower() != b"h2c":
+        return True
+    tokens = {token.strip().lower() for token in connection.split(b",")}
+    if len(settings) != 1 or not {b"upgrade", b"http2-settings"} <= tokens:
+        return False
+    try:
+        probe = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        probe.initiate_upgrade_connection(settings[0])
+    except (ValueError, h2.exceptions.H2Error, hyperframe.exceptions.HyperframeError):
+        return False
+    return True
+
+
 def _is_http2_preface(request: h11.Request) -> bool:
     return request.method == b"PRI" and request.target == b"*" and request.http_version == b"2.0"
 
@@ -402,6 +439,9 @@ class _H11Protocol(H11Protocol):
             await self.send(RawData(data=data))
 
     async def _check_protocol(self, event: h11.Request) -> None:
+        if not _is_valid_h2c_upgrade(event):
+            # Served over HTTP/1.1: Hypercorn checks only the Upgrade value.
+            return
         try:
             await super()._check_protocol(event)
         except H2ProtocolAssumedError:

@@ -302,3 +302,74 @@ def test_http2_data_after_response_leaves_connection_serving(server: ServerProce
     # The rejection logs one line; once it is in, anything else logged is too.
     server.wait_for_log(r"rejected an HTTP/2 CONNECT request with 405")
     assert "Traceback" not in server.log
+
+
+def h2c_upgrade(settings: str | None, connection: str = "Upgrade, HTTP2-Settings") -> bytes:
+    """Return a ``GET /health`` that asks to switch to HTTP/2 (h2c), then to close."""
+    lines = [
+        "GET /health HTTP/1.1",
+        "Host: x",
+        f"Connection: {connection}",
+        "Upgrade: h2c",
+    ]
+    if settings is not None:
+        lines.append(f"HTTP2-Settings: {settings}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_h2c_upgrade_switches_to_http2(server: ServerProcess) -> None:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    settings = client.initiate_upgrade_connection().decode()
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    body = b""
+    with socket.create_connection((address.hostname, address.port), timeout=WAIT_SECONDS) as sock:
+        sock.sendall(h2c_upgrade(settings))
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {received!r}"
+            received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        sock.sendall(client.data_to_send())
+        events = client.receive_data(rest)
+        while not any(isinstance(event, h2.events.StreamEnded) for event in events):
+            sock.sendall(client.data_to_send())
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed before the response on stream 1 ended"
+            events += client.receive_data(chunk)
+    for event in events:
+        if isinstance(event, h2.events.ResponseReceived):
+            status = dict(event.headers)[b":status"]
+        elif isinstance(event, h2.events.DataReceived):
+            body += event.data
+
+    assert head.startswith(b"HTTP/1.1 101")
+    assert status == b"200"
+    assert json.loads(body)["status"] == "healthy"
+
+
+@pytest.mark.parametrize(
+    ("settings", "connection"),
+    [
+        pytest.param("AAA", "Upgrade, HTTP2-Settings", id="bad-base64"),
+        pytest.param("YWJjZGU=", "Upgrade, HTTP2-Settings", id="bad-frame"),
+        pytest.param("AAT_____", "Upgrade, HTTP2-Settings", id="bad-value"),
+        pytest.param(None, "Upgrade, HTTP2-Settings", id="no-settings"),
+        pytest.param("", "Upgrade", id="settings-not-in-connection"),
+    ],
+)
+def test_invalid_h2c_upgrade_served_over_http1(
+    server: ServerProcess, settings: str | None, connection: str
+) -> None:
+    # Hypercorn sent 101, then closed the connection with a traceback in the log.
+    request = h2c_upgrade(settings, connection)
+    received = exchange_raw(server, request.replace(b"Host: x", b"Host: x\r\nConnection: close"))
+
+    status_line, _, body = split_response(received)
+    _, _, later = split_response(exchange_raw(server, b"GET /health HTTP/1.1\r\n\r\n"))
+    server.wait_for_log(re.escape(json.loads(later)["requestId"]))
+
+    assert status_line.startswith("HTTP/1.1 200")
+    assert json.loads(body)["status"] == "healthy"
+    assert "Traceback" not in server.log
