@@ -319,12 +319,12 @@ def _is_valid_h2c_upgrade(request: h11.Request) -> bool:
 
     Hypercorn switched to HTTP/2 on the ``Upgrade`` value alone, after its
     101 response, and an invalid ``HTTP2-Settings`` then ended the connection
-    with a traceback in the log and no response to the request. RFC 9113
-    (section 3.2 of RFC 7540, which defines the upgrade) requires exactly one
-    ``HTTP2-Settings`` field, named in ``Connection`` with ``Upgrade``. A
-    request without them, or whose settings do not decode, is served over
-    HTTP/1.1, as RFC 9110, section 7.8, allows. Returns True for every other
-    request.
+    with a traceback in the log and no response to the request. RFC 7540,
+    section 3.2.1, which defined the upgrade (RFC 9113 deprecates it),
+    requires exactly one ``HTTP2-Settings`` field, listed in ``Connection``.
+    A request without it, without ``upgrade`` in ``Connection``, or whose
+    settings do not decode, is served over HTTP/1.1, as RFC 9110, section
+    7.8, allows. Returns True for every other request.
     """
     upgrade = b""
     connection = b""
