@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--access-log",
         action="store_true",
         default=None,
-        help="log one line per request to stderr (default off; env ACCESS_LOG)",
+        help="log one line per request to stdout (default off; env ACCESS_LOG)",
     )
     serve.add_argument(
         "--log-level",

@@ -61,7 +61,7 @@ from ._context import CLIENT_KEY, STATUS_LAYER_KEY
 from ._openapi import build_document
 from ._problems import PROBLEM_MEDIA_TYPE, Problem
 from ._render import encode_json
-from ._request_id import picked_request_id
+from ._request_id import is_valid_request_id, picked_request_id
 from ._settings import Settings
 from ._status_layer import StatusLayer
 from ._websocket import WEBSOCKET_PROBLEM
@@ -87,12 +87,16 @@ MAX_REASON_CHARACTERS = 200
 # The form in which h11 messages quote the client's bytes: bytearray(b'...').
 _BYTEARRAY_REPR = re.compile(r"""bytearray\((b(['"]).*?(?<!\\)\2)\)""")
 
-# ASCII control characters, which an access-log field must not write raw.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# Characters that an access-log field must not write raw: ASCII control
+# characters, and the quote and backslash that delimit and escape fields.
+_ESCAPED_CHARACTERS = re.compile(r'[\x00-\x1f\x7f"\\]')
 
 
-def _escape_control(match: re.Match[str]) -> str:
-    return f"\\x{ord(match.group()):02x}"
+def _escape(match: re.Match[str]) -> str:
+    character = match.group()
+    if character in '"\\':
+        return "\\" + character
+    return f"\\x{ord(character):02x}"
 
 
 class _LoggedResponse(ResponseSummary):
@@ -102,14 +106,17 @@ class _LoggedResponse(ResponseSummary):
 
 
 class _AccessLogger(hypercorn.logging.Logger):
-    """Hypercorn's logger, with control characters in access-log fields escaped.
+    """Hypercorn's logger, with Apache's request line and sizes, and fields that cannot forge lines.
 
-    Hypercorn logs the percent-decoded path, so ``%0A`` in a request target
-    would otherwise start a forged line in the access log. A request that
-    got no response still has its id logged, if the app had picked one. The
-    size fields (``%(b)s`` and ``%(B)s``) are the body bytes written, as
-    ``_HTTPStream`` counts them, where Hypercorn logs the Content-Length:
-    ``-`` and ``0`` for none, as in Apache's format.
+    The request line (``%(r)s`` and ``%(R)s``) has the target as the client
+    sent it, query included, where Hypercorn logs the percent-decoded path
+    without the query. Control characters, double quotes and backslashes in
+    every field are escaped (``\x0a``, ``\"``, ``\\``), so no request can
+    start a line or close a quoted field. The size fields (``%(b)s`` and
+    ``%(B)s``) are the body bytes that ``_HTTPStream`` counted, where
+    Hypercorn logs the Content-Length: ``-`` and ``0`` for none. A request
+    without a response ends with the id that the app picked, or else its
+    own valid ``X-Request-ID``.
     """
 
     def atoms(
@@ -124,12 +131,19 @@ class _AccessLogger(hypercorn.logging.Logger):
             atoms["b"] = str(body_bytes) if body_bytes else "-"
             atoms["B"] = str(body_bytes)
         if _REQUEST_ID_ATOM not in atoms:
+            offered = atoms["{x-request-id}i"]
             picked = picked_request_id(request)
             if picked is not None:
                 atoms[_REQUEST_ID_ATOM] = picked
+            elif is_valid_request_id(offered):
+                atoms[_REQUEST_ID_ATOM] = offered
+        target = request.get("raw_path") or request["path"].encode("latin-1")
+        if request["query_string"]:
+            target += b"?" + request["query_string"]
+        atoms["r"] = atoms["R"] = f"{atoms['m']} {target.decode('latin-1')} {atoms['H']}"
         for key, value in list(atoms.items()):
-            if isinstance(value, str) and _CONTROL_CHARACTERS.search(value):
-                atoms[key] = _CONTROL_CHARACTERS.sub(_escape_control, value)
+            if isinstance(value, str) and _ESCAPED_CHARACTERS.search(value):
+                atoms[key] = _ESCAPED_CHARACTERS.sub(_escape, value)
         return atoms
 
 
@@ -452,6 +466,27 @@ class _H11Protocol(H11Protocol):
             await self.send(Updated(idle=True))
             raise
 
+    def _rejected_scope(self) -> dict[str, Any]:
+        """Return the scope that the access log gets for the request being rejected.
+
+        A request whose body was malformed has a stream, which then logs no
+        line of its own. A request that h11 parsed before ``next_event``
+        rejected it has its line and fields. A request line that h11 could
+        not parse is logged as ``- - -``.
+        """
+        if isinstance(self.stream, _HTTPStream) and self.stream.claim_access_log():
+            return dict(self.stream.scope)
+        request = self.connection.rejected_request
+        if request is None:
+            return _access_scope(self.client, "-", "-", b"-", [])
+        return _access_scope(
+            self.client,
+            request.http_version.decode("latin-1"),
+            request.method.decode("latin-1"),
+            request.target,
+            list(request.headers),
+        )
+
     async def _send_error_response(self, status_code: int) -> None:
         problem = _PROTOCOL_PROBLEMS.get(status_code) or Problem(
             status_code,
@@ -468,8 +503,10 @@ class _H11Protocol(H11Protocol):
             document = problem.document()
             if reason:
                 document["detail"] += f" The parser reported: {reason}."
-        # No request id reached the app, so the id is new; the log line carries it.
-        request_id = str(uuid.uuid4())
+        scope = self._rejected_scope()
+        # The id that the app picked, or else the client's valid X-Request-ID,
+        # or else a new one. The log line carries it too.
+        request_id = picked_request_id(scope) or _offered_request_id(scope["headers"])
         document["requestId"] = request_id
         logger.info(
             "rejected a request from %s with %d: %s (request id %s)",
@@ -486,14 +523,9 @@ class _H11Protocol(H11Protocol):
             (b"connection", b"close"),
             *self.config.response_headers("h11"),
         ]
-        request = self.connection.rejected_request
         await _log_rejection(
             self.config,
-            self.client,
-            request.http_version.decode("latin-1") if request else "-",
-            request.method.decode("latin-1") if request else "-",
-            request.target if request else b"-",
-            list(request.headers) if request else [],
+            scope,
             status_code,
             headers,
             0 if self.connection.rejected_head else len(body),
@@ -506,24 +538,16 @@ class _H11Protocol(H11Protocol):
         await self._send_h11_event(h11.EndOfMessage())
 
 
-async def _log_rejection(
-    config: Config,
+def _access_scope(
     client: tuple[str, int] | None,
     http_version: str,
     method: str,
     target: bytes,
     headers: list[tuple[bytes, bytes]],
-    status: int,
-    response_headers: list[tuple[bytes, bytes]],
-    body_bytes: int,
-) -> None:
-    """Write the access-log line of a request that the server rejected before the app saw it.
-
-    ``method``, ``target`` and ``http_version`` are ``-`` when the request
-    line could not be parsed. Not a checkpoint.
-    """
+) -> dict[str, Any]:
+    """Return a scope with the fields that the access log reads, for a request the app never saw."""
     path, _, query = target.partition(b"?")
-    scope = {
+    return {
         "type": "http",
         "http_version": http_version,
         "method": method,
@@ -535,6 +559,30 @@ async def _log_rejection(
         "client": client,
         "server": None,
     }
+
+
+def _offered_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """Return the first ``X-Request-ID`` in ``headers`` if it is valid, else a new id."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            offered = value.decode("latin-1")
+            if is_valid_request_id(offered):
+                return offered
+            break
+    return str(uuid.uuid4())
+
+
+async def _log_rejection(
+    config: Config,
+    scope: dict[str, Any],
+    status: int,
+    response_headers: list[tuple[bytes, bytes]],
+    body_bytes: int,
+) -> None:
+    """Write the access-log line of a request that the server rejected before the app responded.
+
+    Not a checkpoint.
+    """
     response: _LoggedResponse = {
         "status": status,
         "headers": response_headers,
@@ -544,13 +592,17 @@ async def _log_rejection(
 
 
 class _BodyCounter:
-    """A stream's ``send`` that counts the bytes of the ``Body`` events it wrote.
+    """A stream's ``send`` that counts the bytes of the ``Body`` events it passes on.
 
-    A write counts once it returns. A write that fails closes the stream
-    first, which writes the access-log line, so the line leaves out that
-    write's bytes. The counter refers to the protocol, not back to the
-    stream, because a reference cycle would leave each finished stream to
-    the garbage collector's rare full collections.
+    A write counts as it starts. A client that closes the connection as soon
+    as it has the bytes can end the stream, and so write the access-log
+    line, before the write returns. A write that fails still counts, so a
+    response cut short may be logged with up to one write more than the
+    connection took. Over HTTP/2 a write returns once the bytes are
+    buffered, so the count can run ahead of what flow control let out.
+    The counter refers to the protocol, not back to the stream, because a
+    reference cycle would leave each finished stream to the garbage
+    collector's rare full collections.
     """
 
     def __init__(self, send: Callable[[StreamEvent], Awaitable[None]]) -> None:
@@ -558,9 +610,9 @@ class _BodyCounter:
         self.body_bytes = 0
 
     async def __call__(self, event: StreamEvent) -> None:
-        await self.send(event)
         if isinstance(event, Body):
             self.body_bytes += len(event.data)
+        await self.send(event)
 
 
 class _HTTPStream(HTTPStream):
@@ -613,10 +665,16 @@ class _HTTPStream(HTTPStream):
         await self.send(EndBody(stream_id=self.stream_id))
         await self.send(StreamClosed(stream_id=self.stream_id))
 
+    def claim_access_log(self) -> bool:
+        """Return True, once, to the first caller that writes the request's line."""
+        if self._logged:
+            return False
+        self._logged = True
+        return True
+
     async def _log_access(self, response: HTTPResponseStartEvent | None) -> None:
         # Not a checkpoint: Hypercorn's logger writes without awaiting.
-        if not self._logged:
-            self._logged = True
+        if self.claim_access_log():
             summary: _LoggedResponse | None = None
             if response is not None:
                 summary = {
@@ -665,7 +723,7 @@ class _ProblemStream:
     async def handle(self, event: StreamEvent) -> None:
         if not isinstance(event, Request):
             return
-        request_id = str(uuid.uuid4())
+        request_id = _offered_request_id(event.headers)
         logger.info(
             "rejected an HTTP/2 %s request with %d (request id %s)",
             event.method,
@@ -675,17 +733,10 @@ class _ProblemStream:
         headers, body = self.problem.encode(request_id)
         headers.append(("X-Request-ID", request_id))
         encoded = [(name.lower().encode(), value.encode("latin-1")) for name, value in headers]
-        await _log_rejection(
-            self.config,
-            self.client,
-            event.http_version,
-            event.method,
-            event.raw_path,
-            event.headers,
-            self.problem.status,
-            encoded,
-            len(body),
+        scope = _access_scope(
+            self.client, event.http_version, event.method, event.raw_path, event.headers
         )
+        await _log_rejection(self.config, scope, self.problem.status, encoded, len(body))
         await self.send(
             Response(stream_id=self.stream_id, headers=encoded, status_code=self.problem.status)
         )

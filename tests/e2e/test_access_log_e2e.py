@@ -35,6 +35,13 @@ def wait_until_done(client: httpx.Client, job_id: str) -> dict[str, object]:
     pytest.fail(f"job {job_id} was not done within {JOB_TIMEOUT_SECONDS} s")
 
 
+def complete_response(received: bytes) -> bool:
+    """Return whether ``received`` holds a whole response with a Content-Length body."""
+    head, separator, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length: (\d+)", head.lower())
+    return bool(separator) and length is not None and len(body) >= int(length.group(1))
+
+
 def logged_size(server: ServerProcess, request_line: str) -> str:
     """Return the size field of the access-log line for ``request_line``, waiting for it."""
     pattern = rf'"{re.escape(request_line)} 1\.1" \d{{3}} (\S+) '
@@ -100,7 +107,7 @@ def test_download_cut_short_logs_bytes_written(
         pytest.param(
             b"GET /v1/download/status/x?wait=1 HTTP/1.1\r\nHost: x\r\n"
             b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "GET /v1/download/status/x 1.1",
+            "GET /v1/download/status/x?wait=1 1.1",
             400,
             id="websocket",
         ),
@@ -133,3 +140,61 @@ def test_http2_connect_logged(start_server: Callable[..., ServerProcess]) -> Non
 
     assert fields[":status"] == "405"
     assert f'"CONNECT - 2" 405 {len(body)} "-" "probe" {request_id}' in line
+
+
+def test_fresh_connections_log_sizes(start_server: Callable[..., ServerProcess]) -> None:
+    # Each client closes as soon as it has the response, which often ended
+    # the stream, and wrote its line, before the server's write returned.
+    server = start_server(ACCESS_LOG="true")
+    host, port = server.base_url.removeprefix("http://").split(":")
+    bodies = {}
+    for number in range(30):
+        request_id = f"fresh-{number}"
+        with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_SECONDS) as sock:
+            sock.sendall(
+                f"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
+            )
+            received = b""
+            while not complete_response(received):
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed after {received!r}"
+                received += chunk
+        bodies[request_id] = split_response(received)[2]
+
+    for request_id, body in bodies.items():
+        line = server.wait_for_log(rf"^.* {re.escape(request_id)}$", output=True).group()
+        assert f'"GET /health 1.1" 200 {len(body)} ' in line
+
+
+def test_malformed_body_logged_once(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(ACCESS_LOG="true")
+    request = (
+        b"POST /v1/download/start?from=test HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b"X-Request-ID: chunk-1\r\n\r\nzz\r\n"
+    )
+
+    status_line, _, body = split_response(exchange_raw(server, request))
+    _, _, later = split_response(exchange_raw(server, b"GET /health HTTP/1.1\r\n\r\n"))
+    server.wait_for_log(re.escape(json.loads(later)["requestId"]), output=True)
+    lines = [line for line in server.output.splitlines() if "/v1/download/start" in line]
+
+    assert status_line.startswith("HTTP/1.1 400")
+    assert json.loads(body)["requestId"] == "chunk-1"
+    assert len(lines) == 1, lines
+    assert f'"POST /v1/download/start?from=test 1.1" 400 {len(body)} ' in lines[0]
+    assert lines[0].endswith(" chunk-1")
+
+
+def test_fields_cannot_forge_entries(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(ACCESS_LOG="true")
+
+    exchange_raw(
+        server,
+        b'GET /x%0a%22fake%22 HTTP/1.1\r\nHost: x\r\nUser-Agent: ua" 200 999 "x\r\n'
+        b"X-Request-ID: quote-test\r\nConnection: close\r\n\r\n",
+    )
+    line = server.wait_for_log(r"^.* quote-test$", output=True).group()
+
+    assert '"GET /x%0a%22fake%22 1.1" 404 ' in line
+    assert '"ua\\" 200 999 \\"x"' in line
