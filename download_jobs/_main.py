@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -99,16 +100,21 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         trio.run(serve, settings)
     except BaseExceptionGroup as group:
-        failed, others = group.split(_is_bind_error)
+        failed, others = group.split(_is_listen_error)
         if failed is None or others is not None:
             raise
         error = _first_leaf(failed)
-        print(
-            f"download-jobs: cannot listen on {args.host} port {args.port}: {error.strerror}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    except OSError as exc:
+        if not _is_listen_error(exc):
+            raise
+        error = exc
+    else:
+        return 0
+    print(
+        f"download-jobs: cannot listen on {settings.host} port {settings.port}: {error.strerror}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 # Errors of binding the listening socket: the address is taken, is not one of
@@ -116,7 +122,13 @@ def _serve(args: argparse.Namespace) -> int:
 _BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
-def _is_bind_error(error: BaseException) -> bool:
+def _is_listen_error(error: BaseException) -> bool:
+    """Return whether ``error`` means that the server cannot listen where it was told to.
+
+    That is a bind error, or a host name that does not resolve.
+    """
+    if isinstance(error, socket.gaierror):
+        return True
     return isinstance(error, OSError) and error.errno in _BIND_ERRNOS
 
 

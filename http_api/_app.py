@@ -57,6 +57,10 @@ class JobIdConverter(BaseConverter):
 def create_app(settings: Settings) -> Quart:
     """Build the app. The supervisor starts before the first request and stops with the server."""
     app = QuartTrio(__name__)
+    # Werkzeug redirects a path with doubled slashes (308, an HTML body, and
+    # a Location built from the Host header). Such a path matches no route,
+    # so it gets the 404 problem that any other unknown path gets.
+    app.url_map.merge_slashes = False
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         # A large result sent to a slow client may take longer than Quart's

@@ -29,6 +29,24 @@ async def test_unknown_route_is_404(autojump_clock, api):
     assert problem["status"] == 404
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/v1/download/status//{uuid.uuid4()}"),
+        ("POST", "/v1//download/start"),
+    ],
+)
+async def test_doubled_slash_is_404_not_redirect(autojump_clock, api, method, path):
+    # Werkzeug answered 308 with an HTML body and a Location built from Host.
+    response = await api.client.open(path, method=method, headers={"Host": "elsewhere.example"})
+    problem = await response.get_json(force=True)
+
+    assert response.status_code == 404
+    assert response.mimetype == PROBLEM_MEDIA_TYPE
+    assert problem["code"] == "not_found"
+    assert "Location" not in response.headers
+
+
 async def test_put_on_start_is_405(autojump_clock, api):
     response = await api.client.put("/v1/download/start", json={"file_id": 70000})
     problem = await response.get_json(force=True)
