@@ -71,13 +71,16 @@ class JobClient:
         *,
         job_timeout: float | None = None,
         idempotency_key: str | None = None,
+        idempotency_owner: str = "",
         fingerprint: object = None,
     ) -> tuple[JobSnapshot, bool]:
         """Like ``submit``, but return an existing job for a repeated idempotency key.
 
         Returns the snapshot and whether the job is new. A retained job
-        created with the same key and an equal ``fingerprint`` is returned
-        with ``False``; a different fingerprint raises ``IdempotencyConflict``.
+        created with the same key and owner and an equal ``fingerprint`` is
+        returned with ``False``; a different fingerprint raises
+        ``IdempotencyConflict``. ``idempotency_owner`` names the caller, such
+        as a client address: another owner's key never matches.
         Raises ``ValueError`` for a key over ``MAX_IDEMPOTENCY_KEY_LENGTH``
         characters.
         """
@@ -89,7 +92,7 @@ class JobClient:
             )
         submission: tuple[JobSnapshot, bool] = await self._request(
             lambda reply: SubmitRequest(
-                file_id, job_timeout, None, idempotency_key, fingerprint, reply
+                file_id, job_timeout, None, idempotency_key, idempotency_owner, fingerprint, reply
             )
         )
         return submission
@@ -111,6 +114,7 @@ class JobClient:
         *,
         job_timeout: float | None = None,
         idempotency_key: str | None = None,
+        idempotency_owner: str = "",
         fingerprint: object = None,
     ) -> tuple[JobSnapshot, bool]:
         """Like ``submit_bulk``, but return an existing job for a repeated idempotency key.
@@ -129,7 +133,13 @@ class JobClient:
             )
         submission: tuple[JobSnapshot, bool] = await self._request(
             lambda reply: SubmitRequest(
-                file_ids[0], job_timeout, file_ids, idempotency_key, fingerprint, reply
+                file_ids[0],
+                job_timeout,
+                file_ids,
+                idempotency_key,
+                idempotency_owner,
+                fingerprint,
+                reply,
             )
         )
         return submission

@@ -32,6 +32,8 @@ class SubmitRequest:
     timeout: float | None  # seconds from submission; None means the default
     file_ids: tuple[int, ...] | None  # set for a bulk job, whose file_id is then its first
     idempotency_key: str | None
+    # Whose key it is: the same key from two owners names two jobs.
+    idempotency_owner: str
     fingerprint: object  # compared for equality with an earlier request's
     reply: ReplyChannel
 

@@ -93,7 +93,7 @@ from ._settings import EngineSettings
 from ._snapshot import EngineStats, JobError, JobSnapshot, JobWatch, ResultFile
 from ._source import SimulatedSource, Source
 from ._states import JobStatus
-from ._table import Job, JobTable
+from ._table import Job, JobTable, ScopedKey
 
 logger = logging.getLogger("engine")
 
@@ -270,8 +270,10 @@ class Supervisor:
             raise SupervisorClosed()
 
         key = request.idempotency_key
+        scoped_key: ScopedKey | None = None
         if key is not None:
-            existing = self._table.job_for_key(key)
+            scoped_key = (request.idempotency_owner, key)
+            existing = self._table.job_for_key(scoped_key)
             if existing is not None:
                 if existing.fingerprint != request.fingerprint:
                     raise IdempotencyConflict(key, existing.job_id)
@@ -290,7 +292,7 @@ class Supervisor:
             submitted_at=now,
             timeout=timeout,
         )
-        job.idempotency_key = key
+        job.idempotency_key = scoped_key
         job.fingerprint = request.fingerprint
         job.file_ids = request.file_ids
         self._table.add(job)

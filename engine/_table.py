@@ -29,6 +29,10 @@ from ._progress import ProgressSlot
 from ._snapshot import JobChange, JobError, ResultInfo
 from ._states import JobStatus, check_transition
 
+# An idempotency key with its owner, (owner, key): the same key from two
+# owners names two jobs.
+ScopedKey = tuple[str, str]
+
 
 class Job:
     """One row of the job table. Only the supervisor task touches it."""
@@ -91,7 +95,7 @@ class Job:
         # attempt starts, on the wall clock and on the trio clock.
         self.retry_at: datetime | None = None
         self.retry_due: float | None = None
-        self.idempotency_key: str | None = None
+        self.idempotency_key: ScopedKey | None = None
         self.fingerprint: object = None
         # Set (and dropped) when the job's snapshot changes other than by the
         # passage of time; created only while someone watches the job.
@@ -108,7 +112,7 @@ class JobTable:
         self._finished: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._tombstones: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._max_tombstones = max_tombstones
-        self._idempotency: dict[str, str] = {}  # key -> job id
+        self._idempotency: dict[ScopedKey, str] = {}  # (owner, key) -> job id
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -149,7 +153,7 @@ class JobTable:
     def tombstone_count(self) -> int:
         return len(self._tombstones)
 
-    def job_for_key(self, key: str) -> Job | None:
+    def job_for_key(self, key: ScopedKey) -> Job | None:
         job_id = self._idempotency.get(key)
         return None if job_id is None else self.jobs.get(job_id)
 

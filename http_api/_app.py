@@ -95,6 +95,7 @@ def create_app(settings: Settings) -> Quart:
         max_body_bytes=settings.max_body_bytes,
         max_timeout_ms=settings.engine.job_timeout_ms,
         body_timeout=settings.body_timeout,
+        trusted_proxies=settings.trusted_proxies,
     )
     status_layer = StatusLayer(
         start_layer,

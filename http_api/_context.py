@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from quart import current_app
+from typing import cast
+
+from hypercorn.typing import HTTPScope
+from quart import current_app, request
 
 from engine import JobClient
 
+from ._ratelimit import client_of
 from ._settings import Settings
 
 CLIENT_KEY = "download_jobs.client"
@@ -22,3 +26,8 @@ def current_jobs() -> JobClient:
 def current_settings() -> Settings:
     settings: Settings = current_app.extensions[SETTINGS_KEY]
     return settings
+
+
+def current_client() -> str:
+    """Return the address that identifies the client of the current request (see ``client_of``)."""
+    return client_of(cast(HTTPScope, request.scope), current_settings().trusted_proxies)

@@ -22,7 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ._body import discard_body
 from ._problems import Problem
-from ._ratelimit import FixedWindowLimiter, Quota, client_key
+from ._ratelimit import FixedWindowLimiter, Quota, client_of
 from ._request_id import (
     REQUEST_ID_HEADER,
     REQUEST_ID_LOG_FILTER,
@@ -146,13 +146,7 @@ class RateLimits:
         counted: _Counted | None = stash.get(_COUNTED_KEY)
         if counted is not None:
             return counted
-        forwarded_for = [
-            value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name == b"x-forwarded-for"
-        ]
-        peer = scope.get("client")
-        key = client_key(None if peer is None else peer[0], forwarded_for, self.trusted_proxies)
+        key = client_of(scope, self.trusted_proxies)
         is_read = scope["method"] in _READ_METHODS
         limiter = self.polls if is_read else self.writes
         now = trio.current_time()

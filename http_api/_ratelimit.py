@@ -13,6 +13,8 @@ import ipaddress
 import math
 from collections.abc import Iterable, Sequence
 
+from hypercorn.typing import HTTPScope
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -141,6 +143,19 @@ def parse_ip_address(text: str) -> IPAddress | None:
 
 def _is_trusted(address: IPAddress, trusted_proxies: Iterable[IPNetwork]) -> bool:
     return any(address in network for network in trusted_proxies)
+
+
+def client_of(scope: HTTPScope, trusted_proxies: Sequence[IPNetwork]) -> str:
+    """Return the address that identifies the client of the request of ``scope``.
+
+    See ``client_key``. Rate limits count requests by it, and idempotency
+    keys belong to it.
+    """
+    forwarded_for = [
+        value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"
+    ]
+    peer = scope.get("client")
+    return client_key(None if peer is None else peer[0], forwarded_for, trusted_proxies)
 
 
 def client_key(

@@ -20,7 +20,7 @@ from ._body import (
     discard_body,
     read_json_body,
 )
-from ._context import current_jobs, current_settings
+from ._context import current_client, current_jobs, current_settings
 from ._openapi import DOCS_PATH, OPENAPI_PATH, operation, responds
 from ._render import (
     POLL_INTERVAL_SECONDS,
@@ -137,7 +137,7 @@ async def start_download() -> Response:
     submission = StartSubmission.parse(
         raw, request.headers.getlist("Idempotency-Key"), current_settings().engine.job_timeout_ms
     )
-    reply = await submission.submit(current_jobs())
+    reply = await submission.submit(current_jobs(), current_client())
     return Response(reply.body, status=reply.status, headers=Headers(reply.headers))
 
 
@@ -192,6 +192,7 @@ async def initiate_bulk_download() -> Response:
         unique,
         job_timeout=job_timeout,
         idempotency_key=key,
+        idempotency_owner=current_client(),
         # Never equal to a start's fingerprint, so a key cannot switch kinds.
         fingerprint=("bulk", tuple(body.file_ids), body.timeout_ms),
     )

@@ -44,6 +44,7 @@ from ._body import (
     timeout_range,
 )
 from ._problems import Problem, problem_from_engine_error
+from ._ratelimit import IPNetwork, client_of
 from ._render import POLL_INTERVAL_SECONDS, encode_json, render_snapshot, result_path, status_path
 from ._request_id import first_header_value, request_id_of
 
@@ -144,8 +145,12 @@ class StartSubmission:
         check_timeout(request.timeout_ms, max_timeout_ms)
         return cls(request.file_id, request.timeout_ms, key)
 
-    async def submit(self, jobs: JobClient) -> StartReply:
+    async def submit(self, jobs: JobClient, client: str) -> StartReply:
         """Create the job, or find the one created with the same key and body; return the reply.
+
+        ``client`` identifies the caller (``client_of``): a key belongs to
+        the client that sent it, so another client's identical key creates
+        another job and cannot reach this one.
 
         Raises the ``EngineError`` of a rejected start: ``Overloaded``,
         ``SupervisorClosed``, or ``IdempotencyConflict`` for a key used with
@@ -156,6 +161,7 @@ class StartSubmission:
             self.file_id,
             job_timeout=job_timeout,
             idempotency_key=self.idempotency_key,
+            idempotency_owner=client,
             fingerprint=(self.file_id, self.timeout_ms),
         )
         return StartReply.of(snapshot, created)
@@ -176,11 +182,14 @@ class StartLayer(FrontLayer):
     ``body_timeout`` seconds after the layer starts reading gets 408, and
     the connection closes.
 
-    ``max_timeout_ms`` is JOB_TIMEOUT_MS. See ``FrontLayer`` for the others.
+    ``max_timeout_ms`` is JOB_TIMEOUT_MS. ``trusted_proxies`` are the
+    proxies whose ``X-Forwarded-For`` names the client, which owns its
+    ``Idempotency-Key``. See ``FrontLayer`` for the others.
     """
 
     max_timeout_ms: int
     body_timeout: float
+    trusted_proxies: Sequence[IPNetwork]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._takes(scope) and self.admits(scope):
@@ -235,7 +244,7 @@ class StartLayer(FrontLayer):
             submission = StartSubmission.parse(
                 body, header_lines(scope, b"idempotency-key"), self.max_timeout_ms
             )
-            reply = await submission.submit(self.jobs())
+            reply = await submission.submit(self.jobs(), client_of(scope, self.trusted_proxies))
         except Problem as problem:
             # Python unbinds ``problem`` after this block, so its traceback,
             # which refers to this frame, makes no cycle.

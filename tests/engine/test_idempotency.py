@@ -90,6 +90,26 @@ async def test_different_keys_give_different_jobs(autojump_clock, settings):
     assert [end.status for end in ends] == [JobStatus.DONE] * 2
 
 
+async def test_same_key_of_two_owners_gives_two_jobs(autojump_clock, settings):
+    async with started_supervisor(settings) as client:
+        first, _ = await client.submit_idempotent(
+            1, idempotency_key=KEY, idempotency_owner="192.0.2.1", fingerprint=FINGERPRINT
+        )
+        other, other_created = await client.submit_idempotent(
+            2, idempotency_key=KEY, idempotency_owner="192.0.2.2", fingerprint=(70_001, None)
+        )
+        again, again_created = await client.submit_idempotent(
+            1, idempotency_key=KEY, idempotency_owner="192.0.2.1", fingerprint=FINGERPRINT
+        )
+        ends = [await wait_until_finished(client, job.job_id) for job in (first, other)]
+
+    assert other_created
+    assert other.job_id != first.job_id
+    assert not again_created
+    assert again.job_id == first.job_id
+    assert [end.status for end in ends] == [JobStatus.DONE] * 2
+
+
 async def test_key_at_length_limit_accepted(autojump_clock, settings):
     key = "k" * MAX_IDEMPOTENCY_KEY_LENGTH
     async with started_supervisor(settings) as client:

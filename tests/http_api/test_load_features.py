@@ -322,6 +322,35 @@ async def test_concurrent_repeats_create_one_job(autojump_clock, tmp_path):
     assert stats.jobs == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(START_PATH, {"file_id": FILE_ID}), ("/v1/download/initiate", {"file_ids": [FILE_ID]})],
+)
+async def test_key_belongs_to_its_client(autojump_clock, tmp_path, path, body):
+    # Another client's identical key neither returns the first client's job
+    # nor names it in a 422.
+    headers = {"Idempotency-Key": "order-4711"}
+    async with open_service(tmp_path) as service:
+        first = await service.http.post(
+            path, json=body, headers=headers, scope_base={"client": ("192.0.2.1", 40000)}
+        )
+        other = await service.http.post(
+            path, json=body, headers=headers, scope_base={"client": ("192.0.2.2", 40000)}
+        )
+        changed = await service.http.post(
+            path,
+            json={**body, "timeout_ms": 5000},
+            headers=headers,
+            scope_base={"client": ("192.0.2.3", 40000)},
+        )
+        job_ids = {(await response.get_json())["jobId"] for response in (first, other, changed)}
+        stats = await service.jobs.stats()
+
+    assert [first.status_code, other.status_code, changed.status_code] == [202] * 3
+    assert len(job_ids) == 3
+    assert stats.jobs == 3
+
+
 async def test_key_with_other_body_answers_422(autojump_clock, tmp_path):
     headers = {"Idempotency-Key": "order-4711"}
     async with open_service(tmp_path) as service:
