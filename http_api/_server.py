@@ -307,9 +307,30 @@ def _request_error(request: h11.Request, max_head_bytes: int) -> h11.RemoteProto
         return h11.RemoteProtocolError(
             "request has both Content-Length and Transfer-Encoding", error_status_hint=400
         )
-    if not request.http_version.startswith(b"1.") and not _is_http2_preface(request):
+    if _is_http2_preface(request):
+        return None
+    if not request.http_version.startswith(b"1."):
         return h11.RemoteProtocolError("HTTP version not supported", error_status_hint=505)
+    if not _is_valid_target(request.method, request.target):
+        return h11.RemoteProtocolError(
+            "request target must be a path starting with '/'", error_status_hint=400
+        )
     return None
+
+
+def _is_valid_target(method: bytes, target: bytes) -> bool:
+    """Return whether ``target`` has one of the forms of RFC 9112, section 3.2, for ``method``.
+
+    h11 takes any target, and Quart served ``GET health`` like ``GET /health``.
+    A path (origin form) and a URL (absolute form, as sent to proxies) pass,
+    and so do ``*`` for OPTIONS and any target of a CONNECT, which the
+    server rejects on its own.
+    """
+    if target.startswith(b"/") or method == b"CONNECT":
+        return True
+    if target == b"*":
+        return method == b"OPTIONS"
+    return target.lower().startswith((b"http://", b"https://"))
 
 
 class _WebSocketUpgrade(h11.RemoteProtocolError):

@@ -27,6 +27,12 @@ pytestmark = pytest.mark.e2e
         pytest.param(b"GARBAGE\r\n\r\n", 400, "malformed_request", id="request-line"),
         pytest.param(b"GET /health HTTP/1.1\r\n\r\n", 400, "malformed_request", id="no-host"),
         pytest.param(
+            b"GET health HTTP/1.1\r\nHost: x\r\n\r\n", 400, "malformed_request", id="no-slash"
+        ),
+        pytest.param(
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, "malformed_request", id="asterisk-get"
+        ),
+        pytest.param(
             b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
             400,
             "malformed_request",
