@@ -123,7 +123,7 @@ _BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def _is_listen_error(error: BaseException) -> bool:
-    """Return whether ``error`` means that the server cannot listen where it was told to.
+    """Return whether ``error`` means that the server cannot listen on the requested address.
 
     That is a bind error, or a host name that does not resolve.
     """
