@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h11
@@ -26,7 +27,7 @@ import hypercorn.trio.run
 import hyperframe.exceptions
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Event, RawData, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.events import (
     Body,
     EndBody,
@@ -80,6 +81,13 @@ LISTEN_BACKLOG = 1024
 # app's log lines about the request also name (see _AccessLogger).
 _REQUEST_ID_ATOM = "{x-request-id}o"
 ACCESS_LOG_FORMAT = f"{Config.access_log_format} %({_REQUEST_ID_ATOM})s"
+
+# Streams in progress that a client may reset on one HTTP/2 connection before
+# the server ends the connection. Opening streams and resetting them at once
+# ("rapid reset", CVE-2023-44487) starts a handler per stream, past the
+# limit of 100 concurrent streams. A client that cancels this many requests
+# on one connection can open another.
+MAX_CLIENT_RESETS = 100
 
 # Maximum length of the parser message quoted in a rejected request's problem document.
 MAX_REASON_CHARACTERS = 200
@@ -783,6 +791,9 @@ class _H2Protocol(H2Protocol):
     Here such data is acknowledged, so the connection's flow-control window
     stays open, and otherwise dropped.
 
+    A client that resets more than ``MAX_CLIENT_RESETS`` streams in progress
+    on one connection gets GOAWAY ENHANCE_YOUR_CALM, and the connection ends.
+
     The server's idle timer calls ``send_goaway`` before it closes the
     connection.
 
@@ -821,6 +832,9 @@ class _H2Protocol(H2Protocol):
             del self.stream_buffers[stream_id]
             self.priority.remove_stream(stream_id)
 
+    # Streams in progress that the client has reset on this connection.
+    _client_resets = 0
+
     async def stream_send(self, event: StreamEvent) -> None:
         if not isinstance(event, StreamClosed):
             await super().stream_send(event)
@@ -852,7 +866,24 @@ class _H2Protocol(H2Protocol):
                     event.flow_controlled_length, event.stream_id
                 )
                 continue
+            if isinstance(event, h2.events.StreamReset) and event.stream_id in self.streams:
+                self._client_resets += 1
+                if self._client_resets > MAX_CLIENT_RESETS:
+                    await self._end_for_resets()
+                    return
             await super()._handle_events([event])
+
+    async def _end_for_resets(self) -> None:
+        """End the connection with GOAWAY ENHANCE_YOUR_CALM; its streams are cancelled."""
+        logger.warning(
+            "closed an HTTP/2 connection from %s whose client reset more than %d streams "
+            "in progress",
+            self.client,
+            MAX_CLIENT_RESETS,
+        )
+        self.connection.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        await self._flush()
+        await self.send(Closed())
 
     async def send_goaway(self) -> None:
         """Send GOAWAY, as RFC 9113, section 6.8, expects before a server closes a connection.

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import httpx
 import pytest
@@ -379,3 +380,59 @@ def test_invalid_h2c_upgrade_served_over_http1(
     assert status_line.startswith("HTTP/1.1 200")
     assert json.loads(body)["status"] == "healthy"
     assert "Traceback" not in server.log
+
+
+def reset_streams(server: ServerProcess, count: int) -> tuple[list[h2.events.Event], str]:
+    """Open ``count`` GET /health streams and reset each at once, then send one more GET.
+
+    Returns the connection's events until the last stream ends or the
+    server ends the connection, and the status of the last stream, if any.
+    """
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/health")]
+    for _ in range(count):
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, request, end_stream=True)
+        client.reset_stream(stream_id)
+    last = client.get_next_available_stream_id()
+    client.send_headers(last, request, end_stream=True)
+    events: list[h2.events.Event] = []
+    status = ""
+    with socket.create_connection((address.hostname, address.port), timeout=WAIT_SECONDS) as sock:
+        sock.sendall(client.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return events, status
+            for event in client.receive_data(data):
+                events.append(event)
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == last:
+                    status = dict(event.headers)[b":status"].decode()
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    return events, status
+                if isinstance(event, h2.events.StreamEnded) and event.stream_id == last:
+                    return events, status
+            sock.sendall(client.data_to_send())
+
+
+def test_rapid_reset_ends_connection(server: ServerProcess) -> None:
+    # Each reset stream had started a handler, past the limit of 100
+    # concurrent streams (CVE-2023-44487).
+    events, status = reset_streams(server, 150)
+
+    goaway = [event for event in events if isinstance(event, h2.events.ConnectionTerminated)]
+    assert [event.error_code for event in goaway] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+    assert status == ""
+    server.wait_for_log(r"reset more than 100 streams in progress")
+    assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
+    assert "Traceback" not in server.log
+
+
+def test_some_resets_leave_connection_serving(server: ServerProcess) -> None:
+    events, status = reset_streams(server, 50)
+
+    assert not any(isinstance(event, h2.events.ConnectionTerminated) for event in events)
+    assert status == "200"
