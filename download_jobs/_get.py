@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +33,10 @@ MIN_POLL_SECONDS = 0.2
 MAX_POLL_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
+# Characters of the output's name that its temporary file's name repeats, so
+# that a long name still leaves room for the random part (most file systems
+# allow 255 bytes).
+MAX_TEMPORARY_PREFIX = 100
 
 
 class GetError(Exception):
@@ -57,14 +62,20 @@ def _check_output(output: str | None) -> None:
     """Raise ``GetError`` now if ``-o`` cannot be written, before a long job runs."""
     if output is None:
         return
+    if not output:
+        raise GetError("output path is empty; give a file path")
     target = Path(os.path.realpath(output))
-    if target.is_dir():
-        raise GetError(f"output {output} is a folder; give a file path")
-    folder = target.parent
-    if not folder.is_dir():
-        raise GetError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise GetError(f"output folder {folder} is not writable")
+    try:
+        if target.is_dir():
+            raise GetError(f"output {output} is a folder; give a file path")
+        folder = target.parent
+        if not folder.is_dir():
+            raise GetError(f"output folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise GetError(f"output folder {folder} is not writable")
+    except OSError as exc:
+        # A name that the file system cannot hold, such as one too long.
+        raise GetError(f"cannot write {output}: {exc.strerror}") from None
 
 
 def _get(file_id: str, server: str, output: str | None, quiet: bool) -> Path:
@@ -176,10 +187,11 @@ def _download(
         raise GetError(f"status of job {job['jobId']} is done but describes no result")
     requested = Path(output) if output else Path(Path(str(result["fileName"])).name)
     target = Path(os.path.realpath(requested))
-    if target.exists() and not target.is_file():
-        partial = target  # a device or a named pipe: written in place
-    else:
-        partial = target.with_name(target.name + ".part")
+    # A device or a named pipe is written in place; anything else goes to a
+    # new temporary file next to it, made with O_EXCL, so that a link planted
+    # at a predictable name cannot redirect the write.
+    in_place = target.exists() and not target.is_file()
+    partial: Path | None = None
     digest = hashlib.sha256()
     size = 0
     try:
@@ -189,35 +201,53 @@ def _download(
                 raise GetError(
                     f"download of job {job['jobId']} failed: {_describe_error(response)}"
                 )
-            with partial.open("wb") as file:
+            if in_place:
+                file = target.open("wb")
+            else:
+                descriptor, name = tempfile.mkstemp(
+                    prefix=f".{target.name[:MAX_TEMPORARY_PREFIX]}.",
+                    suffix=".part",
+                    dir=target.parent,
+                )
+                partial = Path(name)
+                file = os.fdopen(descriptor, "wb")
+            with file:
                 for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
                     file.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
+        if digest.hexdigest() != result["sha256"] or size != result["size"]:
+            raise GetError(
+                f"checksum mismatch for job {job['jobId']}: expected sha256 {result['sha256']} "
+                f"and {result['size']} bytes, got {digest.hexdigest()} and {size} bytes"
+            )
+        if partial is not None:
+            # mkstemp makes the file readable by its owner only; a download
+            # gets the mode that the umask gives any new file.
+            os.chmod(partial, 0o666 & ~_current_umask())
+            os.replace(partial, target)
     except httpx.TransportError as exc:
-        _discard(partial, target)
+        _discard(partial)
         raise GetError(f"download of job {job['jobId']} was cut off: {exc}") from None
     except OSError as exc:
-        _discard(partial, target)
-        raise GetError(f"cannot write {partial}: {exc.strerror}") from None
+        _discard(partial)
+        raise GetError(f"cannot write {requested}: {exc.strerror}") from None
     except BaseException:
-        _discard(partial, target)
+        _discard(partial)
         raise
-
-    if digest.hexdigest() != result["sha256"] or size != result["size"]:
-        _discard(partial, target)
-        raise GetError(
-            f"checksum mismatch for job {job['jobId']}: expected sha256 {result['sha256']} "
-            f"and {result['size']} bytes, got {digest.hexdigest()} and {size} bytes"
-        )
-    if partial != target:
-        os.replace(partial, target)
     return requested
 
 
-def _discard(partial: Path, target: Path) -> None:
-    """Remove the temporary file of a failed download, but never the target itself."""
-    if partial != target:
+def _current_umask() -> int:
+    # The only way to read the umask is to set it; the command runs in one thread.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def _discard(partial: Path | None) -> None:
+    """Remove the temporary file of a failed download, if one was made."""
+    if partial is not None:
         partial.unlink(missing_ok=True)
 
 

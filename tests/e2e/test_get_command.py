@@ -89,6 +89,42 @@ def test_get_writes_through_symlink(server: ServerProcess, workdir: Path) -> Non
     assert sorted(path.name for path in workdir.iterdir()) == ["link.zip", "real.zip"]
 
 
+def test_get_ignores_planted_part_link(server: ServerProcess, workdir: Path) -> None:
+    # Another user's link at the old predictable temporary name redirected the write.
+    victim = workdir / "victim.txt"
+    victim.write_bytes(b"secret")
+    (workdir / "out.zip.part").symlink_to("victim.txt")
+    output = workdir / "out.zip"
+
+    result = run_command("get", "70000", "--server", server.base_url, "-o", str(output))
+
+    assert result.returncode == 0, result.stderr
+    status = fetch_status(server, job_id_for_file(server, 70000))
+    assert victim.read_bytes() == b"secret"
+    assert not output.is_symlink()
+    assert sha256_hex(output.read_bytes()) == status["result"]["sha256"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o666 & ~umask
+    assert sorted(path.name for path in workdir.iterdir()) == [
+        "out.zip",
+        "out.zip.part",
+        "victim.txt",
+    ]
+
+
+def test_get_name_too_long_is_one_line(server: ServerProcess, workdir: Path) -> None:
+    output = workdir / ("a" * 300)
+
+    result = run_command("get", "70000", "--server", server.base_url, "-o", str(output))
+
+    lines = stderr_lines(result.stderr)
+    assert result.returncode == 1
+    assert len(lines) == 1, result.stderr
+    assert "File name too long" in lines[0]
+    assert list(workdir.iterdir()) == []
+
+
 def test_get_writes_into_named_pipe(server: ServerProcess, workdir: Path) -> None:
     pipe = workdir / "pipe.zip"
     os.mkfifo(pipe)
