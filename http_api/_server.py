@@ -460,7 +460,14 @@ class _H11Protocol(H11Protocol):
         # the held head first, so that bytes never go out of order.
         if not isinstance(event, Response | Body | EndBody) and self._unsent_head:
             await self._write(b"")
+        if isinstance(event, Response) and event.status_code >= 200 and self._stopping():
+            # The server is stopping: h11 closes the connection after this
+            # response, and the header tells the client not to reuse it.
+            event = dataclasses.replace(event, headers=[*event.headers, (b"connection", b"close")])
         await super().stream_send(event)
+
+    def _stopping(self) -> bool:
+        return isinstance(self.config, _ServerConfig) and self.config.stop.signalled
 
     async def _send_h11_event(self, event: H11SendableEvent) -> None:
         try:
@@ -1054,6 +1061,9 @@ class _Stop:
 
     # Set when no job is left in flight; the shutdown trigger then stops Hypercorn.
     drained: trio.Event = dataclasses.field(default_factory=trio.Event)
+    # Whether a stop signal has arrived. From then on every HTTP/1.1 response
+    # closes its connection, with "Connection: close".
+    signalled: bool = False
     # Trio time at which the grace period of the first signal ends: the time
     # that responses in progress, such as downloads, may go on for. -inf
     # before the first signal and after a second one.
@@ -1107,6 +1117,7 @@ async def _handle_stop_signals(
     async with trio.open_nursery() as nursery:
         async for signum in signals:
             received += 1
+            stop.signalled = True
             name = signal.Signals(signum).name
             client: JobClient | None = app.extensions.get(CLIENT_KEY)
             if client is None:

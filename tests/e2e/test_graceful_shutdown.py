@@ -214,6 +214,9 @@ async def test_grace_period_rejects_starts_answers_polls(start_server: StartServ
     assert processing_poll.json()["status"] == "processing"
     assert queued_poll.status_code == 200, queued_poll.text
     assert queued_poll.json()["status"] == "cancelled"
+    # Each response during the drain closes its connection and says so.
+    for response in (start, health, processing_poll, queued_poll):
+        assert response.headers["Connection"] == "close"
 
     seconds = await wait_for_exit(server, signalled_at, grace + EXIT_SLACK_SECONDS)
     assert await exit_status(server) == 0, server.log
