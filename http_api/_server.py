@@ -18,6 +18,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import h11
 import hypercorn.logging
 import hypercorn.protocol
@@ -872,6 +873,18 @@ class _H2Protocol(H2Protocol):
                 self.connection.acknowledge_received_data(
                     event.flow_controlled_length, event.stream_id
                 )
+                continue
+            if isinstance(event, h2.events.RequestReceived) and self.context.terminated.is_set():
+                # Hypercorn reset such a stream with NO_ERROR. REFUSED_STREAM
+                # tells the client that nothing was processed, so it may
+                # retry elsewhere (RFC 9113, section 8.7).
+                self.connection.reset_stream(
+                    event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM
+                )
+                self.connection.update_settings(
+                    {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0}
+                )
+                await self._flush()
                 continue
             if isinstance(event, h2.events.StreamReset) and event.stream_id in self.streams:
                 self._client_resets += 1

@@ -563,3 +563,72 @@ async def test_http2_download_ends_its_stream_after_sigterm(start_server: StartS
     assert goaway_codes == [h2.errors.ErrorCodes.NO_ERROR]
     await wait_for_exit(server, time.monotonic(), EXIT_SLACK_SECONDS)
     assert await exit_status(server) == 0, server.log
+
+
+def refused_after_stop(
+    server: ServerProcess, path: str, started: threading.Event, stopped: threading.Event
+) -> list[h2.events.Event]:
+    """Fetch ``path`` slowly over HTTP/2; once ``stopped`` is set, open a second stream.
+
+    Sets ``started`` after the first read. Returns the connection's events
+    until the second stream is reset, or the server ends the connection.
+    """
+    address = urlsplit(server.base_url)
+    assert address.hostname is not None and address.port is not None
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
+    client.send_headers(1, request, end_stream=True)
+    events: list[h2.events.Event] = []
+    second_sent = False
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HTTP2_READ_BYTES * 2)
+        connection.settimeout(REQUEST_TIMEOUT_SECONDS)
+        connection.connect((address.hostname, address.port))
+        connection.sendall(client.data_to_send())
+        while data := connection.recv(HTTP2_READ_BYTES):
+            started.set()
+            for event in client.receive_data(data):
+                events.append(event)
+                if isinstance(event, h2.events.DataReceived):
+                    client.acknowledge_received_data(event.flow_controlled_length, 1)
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    return events
+                if isinstance(event, h2.events.StreamReset) and event.stream_id == 3:
+                    return events
+            if stopped.is_set() and not second_sent:
+                client.send_headers(3, request, end_stream=True)
+                second_sent = True
+            connection.sendall(client.data_to_send())
+            time.sleep(HTTP2_READ_BYTES / HTTP2_READ_RATE)
+    return events
+
+
+async def test_http2_stream_after_stop_is_refused(start_server: StartServer) -> None:
+    # Hypercorn reset it with NO_ERROR, which does not tell a client that
+    # the request was not processed and may be retried.
+    server, document = await start_large_result(start_server)
+    started = threading.Event()
+    stopped = threading.Event()
+    fetch = functools.partial(refused_after_stop, server, document["resultUrl"], started, stopped)
+    results: list[list[h2.events.Event]] = []
+
+    async def run_fetch() -> None:
+        results.append(await trio.to_thread.run_sync(fetch))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_fetch)
+        assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
+        signalled_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        await wait_for_log(server, r"stopped accepting connections")
+        stopped.set()
+
+    (events,) = results
+    resets = [event for event in events if isinstance(event, h2.events.StreamReset)]
+    assert [(event.stream_id, event.error_code) for event in resets] == [
+        (3, h2.errors.ErrorCodes.REFUSED_STREAM)
+    ]
+    await wait_for_exit(server, signalled_at, EXIT_SLACK_SECONDS + GRACEFUL_TIMEOUT_SECONDS)
+    assert await exit_status(server) == 0, server.log
