@@ -127,11 +127,21 @@ class FixedWindowLimiter:
 def parse_ip_address(text: str) -> IPAddress | None:
     """Parse an IP address, unwrapping IPv4-mapped IPv6; return None if ``text`` is not one.
 
-    Square brackets around an IPv6 address, as some proxies write it, are accepted.
+    Forms that some proxies write are accepted too: square brackets around
+    an IPv6 address, and a port after an address (``192.0.2.7:1234``,
+    ``[2001:db8::1]:443``).
     """
     candidate = text.strip()
-    if candidate.startswith("[") and candidate.endswith("]"):
-        candidate = candidate[1:-1]
+    if candidate.startswith("[") and "]" in candidate:
+        address_part, _, port = candidate[1:].partition("]")
+        if port and not (port.startswith(":") and port[1:].isdigit()):
+            return None
+        candidate = address_part
+    elif candidate.count(":") == 1:
+        address_part, _, port = candidate.partition(":")
+        if not port.isdigit():
+            return None
+        candidate = address_part
     try:
         address = ipaddress.ip_address(candidate)
     except ValueError:
