@@ -733,6 +733,14 @@ _CONNECT_PROBLEM = Problem(
     "CONNECT is not allowed: the service is not a proxy.",
 )
 
+# The problem of an HTTP/2 request whose :path is no path, URL or OPTIONS *.
+_TARGET_PROBLEM = Problem(
+    400,
+    "malformed_request",
+    "Malformed request",
+    "The request target must be a path starting with '/'.",
+)
+
 
 class _ProblemStream:
     """An HTTP/2 stream that responds to its request with one problem document.
@@ -783,14 +791,15 @@ class _ProblemStream:
 
 
 class _H2Protocol(H2Protocol):
-    """Hypercorn's HTTP/2 protocol, responding to every CONNECT itself with a problem document.
+    """Hypercorn's HTTP/2 protocol, responding itself to CONNECT and to a :path that is no path.
 
     Hypercorn takes every CONNECT for a WebSocket handshake (RFC 8441). It
     sent an empty 400 for an invalid handshake, and a CONNECT without
     ``:path`` raised ``UnboundLocalError``, which ended the connection and
     logged a traceback. The service is neither a WebSocket server nor a
     proxy, so a CONNECT with ``:protocol`` gets the ``websocket_not_supported``
-    problem, and any other CONNECT a 405 problem.
+    problem, and any other CONNECT a 405 problem. A request whose ``:path``
+    is no path, URL or ``*`` for OPTIONS gets a 400 problem, as over HTTP/1.1.
 
     Hypercorn also looked up the stream of each DATA frame without checking
     that it was still open. Data for a stream whose response had ended,
@@ -930,11 +939,15 @@ class _H2Protocol(H2Protocol):
                 path = value
             elif not name.startswith(b":"):
                 headers.append((name, value))
-        if method.upper() != b"CONNECT":
+        if method.upper() == b"CONNECT":
+            problem = WEBSOCKET_PROBLEM if websocket else _CONNECT_PROBLEM
+        elif not _is_valid_target(method, path):
+            # As over HTTP/1.1: Quart served ":path: health" like "/health".
+            problem = _TARGET_PROBLEM
+        else:
             await super()._create_stream(request)
             return
         stream_id = request.stream_id
-        problem = WEBSOCKET_PROBLEM if websocket else _CONNECT_PROBLEM
         # The bookkeeping of Hypercorn's own _create_stream, for any stream.
         self.streams[stream_id] = _ProblemStream(  # type: ignore[assignment]
             self.stream_send, stream_id, problem, self.config, self.client

@@ -276,6 +276,18 @@ def test_http2_connect_gets_problem(
     assert "Traceback" not in server.log
 
 
+@pytest.mark.parametrize("path", ["health", "*"])
+def test_http2_target_without_slash_gets_problem(server: ServerProcess, path: str) -> None:
+    # Served like "/health" before, where HTTP/1.1 got 400.
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
+    fields, body = http2_exchange(server, headers)
+    document = json.loads(body)
+
+    assert fields[":status"] == "400"
+    assert fields["content-type"] == "application/problem+json"
+    assert document["code"] == "malformed_request"
+
+
 def test_http2_data_after_response_leaves_connection_serving(server: ServerProcess) -> None:
     # The client keeps sending on a CONNECT stream that already has its
     # response. Hypercorn failed on such data and dropped the connection,
