@@ -636,10 +636,10 @@ class _BodyCounter:
     line, before the write returns. A write that fails still counts, so a
     response cut short may be logged with up to one write more than the
     connection took. Over HTTP/2 a write returns once the bytes are
-    buffered, so the count can run ahead of what flow control let out.
-    The counter refers to the protocol, not back to the stream, because a
-    reference cycle would leave each finished stream to the garbage
-    collector's rare full collections.
+    buffered, so HTTP/2 lines use the bytes that flow control let out
+    instead (``_HTTPStream.count_sent``). The counter refers to the
+    protocol, not back to the stream, because a reference cycle would leave
+    each finished stream to the garbage collector's rare full collections.
     """
 
     def __init__(self, send: Callable[[StreamEvent], Awaitable[None]]) -> None:
@@ -672,6 +672,8 @@ class _HTTPStream(HTTPStream):
     """
 
     _logged = False
+    # Body bytes that HTTP/2 flow control let out (``_H2Protocol._send_data``).
+    _sent_bytes = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -698,9 +700,22 @@ class _HTTPStream(HTTPStream):
 
     async def _send_closed(self) -> None:
         self.state = ASGIHTTPState.CLOSED
-        await self._log_access(self.response)
-        await self.send(EndBody(stream_id=self.stream_id))
+        if self._is_http2():
+            # The end of the body returns once flow control has let out every
+            # byte (or the stream has closed), so the line has the true count.
+            await self.send(EndBody(stream_id=self.stream_id))
+            await self._log_access(self.response)
+        else:
+            await self._log_access(self.response)
+            await self.send(EndBody(stream_id=self.stream_id))
         await self.send(StreamClosed(stream_id=self.stream_id))
+
+    def _is_http2(self) -> bool:
+        return self.scope.get("http_version") == "2"
+
+    def count_sent(self, size: int) -> None:
+        """Add ``size`` body bytes that HTTP/2 flow control let out; not a checkpoint."""
+        self._sent_bytes += size
 
     def claim_access_log(self) -> bool:
         """Return True, once, to the first caller that writes the request's line."""
@@ -717,7 +732,9 @@ class _HTTPStream(HTTPStream):
                 summary = {
                     "status": response["status"],
                     "headers": response.get("headers", []),
-                    "body_bytes": self._counted.body_bytes,
+                    "body_bytes": (
+                        self._sent_bytes if self._is_http2() else self._counted.body_bytes
+                    ),
                 }
             # The logger also takes None, for no response, as Hypercorn's own streams pass it.
             await self.config.log.access(
@@ -835,11 +852,13 @@ class _H2Protocol(H2Protocol):
             data = await buffer.pop(chunk_size)  # not a checkpoint
             if buffer.complete:
                 self.connection.send_data(stream_id, data, end_stream=True)
+                self._count_sent(stream_id, len(data))
                 del self.stream_buffers[stream_id]
                 self.priority.remove_stream(stream_id)
                 await self._flush()
             elif data:
                 self.connection.send_data(stream_id, data)
+                self._count_sent(stream_id, len(data))
                 await self._flush()
             else:
                 self.priority.block(stream_id)
@@ -873,6 +892,12 @@ class _H2Protocol(H2Protocol):
             # and would send GOAWAY PROTOCOL_ERROR for a late WINDOW_UPDATE.
             return
         await super().handle(event)
+
+    def _count_sent(self, stream_id: int, size: int) -> None:
+        """Add ``size`` body bytes sent on ``stream_id`` to its access-log count."""
+        stream = self.streams.get(stream_id)
+        if isinstance(stream, _HTTPStream):
+            stream.count_sent(size)
 
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
         # One event at a time: a stream opened by an earlier event of the same

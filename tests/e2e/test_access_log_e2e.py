@@ -10,6 +10,9 @@ import struct
 import time
 from collections.abc import Callable
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 
@@ -198,3 +201,40 @@ def test_fields_cannot_forge_entries(start_server: Callable[..., ServerProcess])
 
     assert '"GET /x%0a%22fake%22 1.1" 404 ' in line
     assert '"ua\\" 200 999 \\"x"' in line
+
+
+def test_http2_sizes_are_bytes_sent(start_server: Callable[..., ServerProcess]) -> None:
+    # The client never opens its flow-control window, so it gets 65,535
+    # bytes and gives up. The line gave the whole file's size.
+    server = start_server(ACCESS_LOG="true")
+    with httpx.Client(
+        base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS
+    ) as client:
+        job_id = client.post("/v1/download/start", json={"file_id": 70000}).json()["jobId"]
+        status = wait_until_done(client, job_id)
+    path = f"/v1/download/{job_id}"
+    host, port = server.base_url.removeprefix("http://").split(":")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
+    connection.send_headers(1, [*request, ("x-request-id", "h2-stalled")], end_stream=True)
+    received = 0
+    with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_SECONDS) as sock:
+        sock.sendall(connection.data_to_send())
+        while received < 65_535:
+            data = sock.recv(65536)
+            assert data, f"connection closed after {received} bytes"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    received += len(event.data)
+    stalled = server.wait_for_log(r"^.* h2-stalled$", output=True).group()
+    # A complete download over HTTP/2 (prior knowledge) logs the whole size.
+    with httpx.Client(base_url=server.base_url, trust_env=False, http1=False, http2=True) as client:
+        complete = client.get(path, headers={"X-Request-ID": "h2-complete"})
+    whole = server.wait_for_log(r"^.* h2-complete$", output=True).group()
+
+    assert status["status"] == "done"
+    assert status["result"]["size"] > 65_535
+    assert f'"GET {path} 2" 200 65535 ' in stalled
+    assert complete.http_version == "HTTP/2"
+    assert f'"GET {path} 2" 200 {len(complete.content)} ' in whole
