@@ -115,7 +115,7 @@ class _LoggedResponse(ResponseSummary):
 
 
 class _AccessLogger(hypercorn.logging.Logger):
-    """Hypercorn's logger, with Apache's request line and sizes, and fields that cannot forge lines.
+    r"""Hypercorn's logger, with Apache's request line and sizes, and fields that forge nothing.
 
     The request line (``%(r)s`` and ``%(R)s``) has the target as the client
     sent it, query included, where Hypercorn logs the percent-decoded path
