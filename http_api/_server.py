@@ -464,7 +464,9 @@ class _H11Protocol(H11Protocol):
         if isinstance(event, Response) and event.status_code >= 200 and self._stopping():
             # The server is stopping: h11 closes the connection after this
             # response, and the header tells the client not to reuse it.
-            event = dataclasses.replace(event, headers=[*event.headers, (b"connection", b"close")])
+            if (b"connection", b"close") not in event.headers:
+                headers = [*event.headers, (b"connection", b"close")]
+                event = dataclasses.replace(event, headers=headers)
         await super().stream_send(event)
 
     def _stopping(self) -> bool:
