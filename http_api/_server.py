@@ -464,7 +464,10 @@ class _H11Protocol(H11Protocol):
         if isinstance(event, Response) and event.status_code >= 200 and self._stopping():
             # The server is stopping: h11 closes the connection after this
             # response, and the header tells the client not to reuse it.
-            if (b"connection", b"close") not in event.headers:
+            if not any(
+                name.lower() == b"connection" and b"close" in value.lower()
+                for name, value in event.headers
+            ):
                 headers = [*event.headers, (b"connection", b"close")]
                 event = dataclasses.replace(event, headers=headers)
         await super().stream_send(event)
