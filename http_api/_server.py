@@ -247,6 +247,9 @@ class _ClosingConnection(h11.Connection):
     rejected_websocket = False
     # The rejected request, if h11 had parsed it before next_event rejected it.
     rejected_request: h11.Request | None = None
+    # Whether the last request asked for an h2c upgrade that it may not have
+    # (see ``_is_valid_h2c_upgrade``), so that it is served over HTTP/1.1.
+    ignores_upgrade = False
 
     def __init__(self, max_head_bytes: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
@@ -277,7 +280,7 @@ class _ClosingConnection(h11.Connection):
             self.rejection_reason = str(error)
             raise
         if isinstance(event, h11.Request):
-            rejection = _request_error(event, self.max_head_bytes)
+            rejection, self.ignores_upgrade = _check_request(event, self.max_head_bytes)
             if rejection is not None:
                 self.rejected_request = event
                 self.rejected_head = event.method == b"HEAD"
@@ -287,16 +290,18 @@ class _ClosingConnection(h11.Connection):
         return event
 
 
-def _request_error(request: h11.Request, max_head_bytes: int) -> h11.RemoteProtocolError | None:
-    """Return the error to reject ``request`` with, or None if it may go on.
+def _check_request(
+    request: h11.Request, max_head_bytes: int
+) -> tuple[h11.RemoteProtocolError | None, bool]:
+    """Return the error to reject ``request`` with, and whether to ignore its ``Upgrade: h2c``.
 
-    Runs for every request, so it makes one pass over the header fields,
-    whose names h11 has already lower-cased. The size counts the bytes of
-    the method, target, names and values, a little less than the head on
-    the wire.
+    The error is None for a request that may go on. Runs for every request,
+    so it makes one pass over the header fields, whose names h11 has already
+    lower-cased.
     """
     has_length = has_encoding = False
     upgrade = connection = b""
+    settings: list[bytes] = []
     size = len(request.method) + len(request.target)
     for name, value in request.headers:
         size += len(name) + len(value)
@@ -308,11 +313,39 @@ def _request_error(request: h11.Request, max_head_bytes: int) -> h11.RemoteProto
             upgrade = value
         elif name == b"connection":
             connection += b"," + value
+        elif name == b"http2-settings":
+            settings.append(value)
+    rejection = _request_error(
+        request, max_head_bytes, size, has_length and has_encoding, upgrade, connection
+    )
+    ignores_upgrade = (
+        rejection is None
+        and upgrade.strip().lower() == b"h2c"
+        and not _is_valid_h2c_upgrade(connection, settings)
+    )
+    return rejection, ignores_upgrade
+
+
+def _request_error(
+    request: h11.Request,
+    max_head_bytes: int,
+    size: int,
+    both_framings: bool,
+    upgrade: bytes,
+    connection: bytes,
+) -> h11.RemoteProtocolError | None:
+    """Return the error to reject ``request`` with, or None if it may go on.
+
+    ``size`` counts the bytes of the method, target, header names and
+    values, a little less than the head on the wire. ``both_framings`` is
+    whether it has both Content-Length and Transfer-Encoding. ``upgrade``
+    and ``connection`` are those fields' values.
+    """
     if upgrade and _is_websocket_upgrade(request.method, upgrade, connection):
         return _WebSocketUpgrade("WebSocket upgrade requested", error_status_hint=400)
     if size > max_head_bytes:
         return h11.RemoteProtocolError("request head too large", error_status_hint=431)
-    if has_length and has_encoding:
+    if both_framings:
         return h11.RemoteProtocolError(
             "request has both Content-Length and Transfer-Encoding", error_status_hint=400
         )
@@ -358,8 +391,11 @@ def _is_websocket_upgrade(method: bytes, upgrade: bytes, connection: bytes) -> b
     return method == b"GET" and upgrade.strip().lower() == b"websocket" and b"upgrade" in tokens
 
 
-def _is_valid_h2c_upgrade(request: h11.Request) -> bool:
-    """Return False for a request that asks for ``Upgrade: h2c`` but may not have it.
+def _is_valid_h2c_upgrade(connection: bytes, settings: list[bytes]) -> bool:
+    """Return whether a request for ``Upgrade: h2c`` may switch to HTTP/2.
+
+    ``connection`` is the request's ``Connection`` values, and ``settings``
+    its ``HTTP2-Settings`` lines.
 
     Hypercorn switched to HTTP/2 on the ``Upgrade`` value alone, after its
     101 response, and an invalid ``HTTP2-Settings`` then ended the connection
@@ -368,20 +404,8 @@ def _is_valid_h2c_upgrade(request: h11.Request) -> bool:
     requires exactly one ``HTTP2-Settings`` field, listed in ``Connection``.
     A request without it, without ``upgrade`` in ``Connection``, or whose
     settings do not decode, is served over HTTP/1.1, as RFC 9110, section
-    7.8, allows. Returns True for every other request.
+    7.8, allows.
     """
-    upgrade = b""
-    connection = b""
-    settings: list[bytes] = []
-    for name, value in request.headers:
-        if name == b"upgrade":
-            upgrade = value
-        elif name == b"connection":
-            connection += b"," + value
-        elif name == b"http2-settings":
-            settings.append(value)
-    if upgrade.strip().lower() != b"h2c":
-        return True
     tokens = {token.strip().lower() for token in connection.split(b",")}
     if len(settings) != 1 or not {b"upgrade", b"http2-settings"} <= tokens:
         return False
@@ -495,7 +519,7 @@ class _H11Protocol(H11Protocol):
             await self.send(RawData(data=data))
 
     async def _check_protocol(self, event: h11.Request) -> None:
-        if not _is_valid_h2c_upgrade(event):
+        if self.connection.ignores_upgrade:
             # Served over HTTP/1.1: Hypercorn checks only the Upgrade value.
             return
         try:

@@ -28,18 +28,25 @@ REQUEST_TIMEOUT_SECONDS = 5.0
 LARGE_FILE_BYTES = 40_000_000
 
 
-def wait_until_done(client: httpx.Client, job_id: str) -> dict[str, object]:
+def open_client(server: ServerProcess) -> httpx.Client:
+    # trust_env=False keeps proxy variables from routing 127.0.0.1 elsewhere.
+    return httpx.Client(base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS)
+
+
+def finished_job(client: httpx.Client) -> tuple[str, dict[str, object]]:
+    """Start a job for file 70000 and return its id and status document once it is done."""
+    job_id: str = client.post("/v1/download/start", json={"file_id": 70000}).json()["jobId"]
     deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         document: dict[str, object] = client.get(f"/v1/download/status/{job_id}").json()
         if document["status"] == "done":
-            return document
+            return job_id, document
         time.sleep(0.05)
     pytest.fail(f"job {job_id} was not done within {JOB_TIMEOUT_SECONDS} s")
 
 
 def complete_response(received: bytes) -> bool:
-    """Return whether ``received`` holds a whole response with a Content-Length body."""
+    """Return whether ``received`` contains a whole response with a Content-Length body."""
     head, separator, body = received.partition(b"\r\n\r\n")
     length = re.search(rb"\r\ncontent-length: (\d+)", head.lower())
     return bool(separator) and length is not None and len(body) >= int(length.group(1))
@@ -53,16 +60,14 @@ def logged_size(server: ServerProcess, request_line: str) -> str:
 
 def test_sizes_are_body_bytes(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server(ACCESS_LOG="true")
-    with httpx.Client(
-        base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS
-    ) as client:
-        job_id = client.post("/v1/download/start", json={"file_id": 70000}).json()["jobId"]
-        status = wait_until_done(client, job_id)
+    with open_client(server) as client:
+        job_id, status = finished_job(client)
         download = client.get(f"/v1/download/{job_id}")
         head = client.head(f"/v1/download/{job_id}")
 
     assert status["status"] == "done"
-    assert download.status_code == 200 and head.status_code == 200
+    assert download.status_code == 200
+    assert head.status_code == 200
     assert logged_size(server, f"GET /v1/download/{job_id}") == str(len(download.content))
     # A HEAD response declares the file's length but sends no body.
     assert head.headers["content-length"] == str(len(download.content))
@@ -77,11 +82,8 @@ def test_download_cut_short_logs_bytes_written(
         DOWNLOAD_SIZE_MIN_BYTES=str(LARGE_FILE_BYTES),
         DOWNLOAD_SIZE_MAX_BYTES=str(LARGE_FILE_BYTES),
     )
-    with httpx.Client(
-        base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS
-    ) as client:
-        job_id = client.post("/v1/download/start", json={"file_id": 70000}).json()["jobId"]
-        status = wait_until_done(client, job_id)
+    with open_client(server) as client:
+        job_id, status = finished_job(client)
     host, port = server.base_url.removeprefix("http://").split(":")
 
     with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_SECONDS) as sock:
@@ -97,7 +99,8 @@ def test_download_cut_short_logs_bytes_written(
     assert status["status"] == "done"
     assert received.startswith(b"HTTP/1.1 200 ")
     declared = re.search(rb"\r\ncontent-length: (\d+)\r\n", received.lower())
-    assert declared is not None and int(declared.group(1)) >= LARGE_FILE_BYTES
+    assert declared is not None
+    assert int(declared.group(1)) >= LARGE_FILE_BYTES
     size = logged_size(server, f"GET /v1/download/{job_id}")
     assert size.isdigit(), size
     assert 0 < int(size) < int(declared.group(1))
@@ -207,11 +210,8 @@ def test_http2_sizes_are_bytes_sent(start_server: Callable[..., ServerProcess]) 
     # The client never opens its flow-control window, so it gets 65,535
     # bytes and gives up. The line gave the whole file's size.
     server = start_server(ACCESS_LOG="true")
-    with httpx.Client(
-        base_url=server.base_url, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS
-    ) as client:
-        job_id = client.post("/v1/download/start", json={"file_id": 70000}).json()["jobId"]
-        status = wait_until_done(client, job_id)
+    with open_client(server) as client:
+        job_id, status = finished_job(client)
     path = f"/v1/download/{job_id}"
     host, port = server.base_url.removeprefix("http://").split(":")
     connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))

@@ -22,9 +22,11 @@ import subprocess
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import h2.config
@@ -42,6 +44,7 @@ from .conftest import ServerProcess
 pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
+T = TypeVar("T")
 
 # Jobs that stay processing for the whole test.
 SLOW_JOBS = {"DOWNLOAD_DELAY_MIN_MS": "60000", "DOWNLOAD_DELAY_MAX_MS": "60000"}
@@ -427,6 +430,25 @@ async def start_large_result(start_server: StartServer) -> tuple[ServerProcess, 
     return server, document
 
 
+@asynccontextmanager
+async def fetching(fetch: Callable[[threading.Event], T]) -> AsyncIterator[list[T]]:
+    """Run ``fetch(started)`` in a thread; enter the block once it has set ``started``.
+
+    Leaving the block waits for the fetch, and the yielded list then
+    contains its result.
+    """
+    started = threading.Event()
+    results: list[T] = []
+
+    async def run() -> None:
+        results.append(await trio.to_thread.run_sync(fetch, started))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
+        yield results
+
+
 async def download_during_stop(
     server: ServerProcess, path: str, signals: int
 ) -> tuple[bytes, bytes, float]:
@@ -434,16 +456,7 @@ async def download_during_stop(
 
     Returns the response head and body, and the time of the last signal.
     """
-    started = threading.Event()
-    download = functools.partial(read_slowly, server, path, started)
-    results: list[tuple[bytes, bytes]] = []
-
-    async def fetch() -> None:
-        results.append(await trio.to_thread.run_sync(download))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fetch)
-        assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
+    async with fetching(functools.partial(read_slowly, server, path)) as results:
         for number in range(signals):
             if number:
                 await trio.sleep(1.0)
@@ -536,16 +549,10 @@ async def test_http2_download_ends_its_stream_after_sigterm(start_server: StartS
     # after a checkpoint, and a stop could close the connection in between:
     # this test failed in one of two runs before the fix.
     server, document = await start_large_result(start_server)
-    started = threading.Event()
-    download = functools.partial(read_http2_slowly, server, document["resultUrl"], started)
-    results: list[list[h2.events.Event]] = []
 
-    async def fetch() -> None:
-        results.append(await trio.to_thread.run_sync(download))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fetch)
-        assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
+    async with fetching(
+        functools.partial(read_http2_slowly, server, document["resultUrl"])
+    ) as results:
         server.process.send_signal(signal.SIGTERM)
 
     (events,) = results
@@ -565,7 +572,7 @@ async def test_http2_download_ends_its_stream_after_sigterm(start_server: StartS
     assert await exit_status(server) == 0, server.log
 
 
-def refused_after_stop(
+def open_stream_after_stop(
     server: ServerProcess, path: str, started: threading.Event, stopped: threading.Event
 ) -> list[h2.events.Event]:
     """Fetch ``path`` slowly over HTTP/2; once ``stopped`` is set, open a second stream.
@@ -609,17 +616,12 @@ async def test_http2_stream_after_stop_is_refused(start_server: StartServer) -> 
     # Hypercorn reset it with NO_ERROR, which does not tell a client that
     # the request was not processed and may be retried.
     server, document = await start_large_result(start_server)
-    started = threading.Event()
     stopped = threading.Event()
-    fetch = functools.partial(refused_after_stop, server, document["resultUrl"], started, stopped)
-    results: list[list[h2.events.Event]] = []
+    fetch = functools.partial(
+        open_stream_after_stop, server, document["resultUrl"], stopped=stopped
+    )
 
-    async def run_fetch() -> None:
-        results.append(await trio.to_thread.run_sync(fetch))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_fetch)
-        assert await trio.to_thread.run_sync(started.wait, REQUEST_TIMEOUT_SECONDS)
+    async with fetching(fetch) as results:
         signalled_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         await wait_for_log(server, r"stopped accepting connections")
