@@ -187,9 +187,9 @@ def _download(
         raise GetError(f"status of job {job['jobId']} is done but describes no result")
     requested = Path(output) if output else Path(Path(str(result["fileName"])).name)
     target = Path(os.path.realpath(requested))
-    # A device or a named pipe is written in place; anything else goes to a
-    # new temporary file next to it, made with O_EXCL, so that a link planted
-    # at a predictable name cannot redirect the write.
+    # A device or a named pipe is written in place. Anything else goes to a
+    # new temporary file with a random name, made with O_EXCL, so a link
+    # planted at a predictable name cannot redirect the write.
     in_place = target.exists() and not target.is_file()
     partial: Path | None = None
     digest = hashlib.sha256()

@@ -487,7 +487,7 @@ class _H11Protocol(H11Protocol):
             await self._write(b"")
         if isinstance(event, Response) and event.status_code >= 200 and self._stopping():
             # The server is stopping: h11 closes the connection after this
-            # response, and the header tells the client not to reuse it.
+            # response, and the header keeps the client from reusing it.
             if not any(
                 name.lower() == b"connection" and b"close" in value.lower()
                 for name, value in event.headers
@@ -939,8 +939,8 @@ class _H2Protocol(H2Protocol):
                 continue
             if isinstance(event, h2.events.RequestReceived) and self.context.terminated.is_set():
                 # Hypercorn reset such a stream with NO_ERROR. REFUSED_STREAM
-                # tells the client that nothing was processed, so it may
-                # retry elsewhere (RFC 9113, section 8.7).
+                # means that nothing was processed, so the client may retry
+                # elsewhere (RFC 9113, section 8.7).
                 self.connection.reset_stream(
                     event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM
                 )

@@ -217,7 +217,7 @@ async def test_grace_period_rejects_starts_answers_polls(start_server: StartServ
     assert processing_poll.json()["status"] == "processing"
     assert queued_poll.status_code == 200, queued_poll.text
     assert queued_poll.json()["status"] == "cancelled"
-    # Each response during the drain closes its connection and says so.
+    # Each response during the drain closes its connection, with this header.
     for response in (start, health, processing_poll, queued_poll):
         assert response.headers["Connection"] == "close"
 

@@ -324,7 +324,7 @@ def test_http2_data_after_response_leaves_connection_serving(server: ServerProce
 
 
 def h2c_upgrade(settings: str | None, connection: str = "Upgrade, HTTP2-Settings") -> bytes:
-    """Return a ``GET /health`` that asks to switch to HTTP/2 (h2c), then to close."""
+    """Return a ``GET /health`` that requests a switch to HTTP/2 (h2c), then a close."""
     lines = [
         "GET /health HTTP/1.1",
         "Host: x",

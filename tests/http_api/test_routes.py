@@ -37,7 +37,7 @@ async def test_unknown_route_is_404(autojump_clock, api):
     ],
 )
 async def test_doubled_slash_is_404_not_redirect(autojump_clock, api, method, path):
-    # Werkzeug answered 308 with an HTML body and a Location built from Host.
+    # Werkzeug responded 308 with an HTML body and a Location built from Host.
     response = await api.client.open(path, method=method, headers={"Host": "elsewhere.example"})
     problem = await response.get_json(force=True)
 
