@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -42,10 +43,11 @@ from hypercorn.protocol.h11 import H2ProtocolAssumedError, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.task_group import TaskGroup
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import (
     AppWrapper,
+    ASGIReceiveEvent,
     ASGISendEvent,
     H11SendableEvent,
     HTTPResponseStartEvent,
@@ -709,14 +711,37 @@ class _HTTPStream(HTTPStream):
         self.send = self._counted = _BodyCounter(self.send)
 
     async def handle(self, event: StreamEvent) -> None:
-        if not isinstance(event, StreamClosed) or self.closed:
+        if self.closed or not isinstance(event, Body | EndBody | StreamClosed):
             await super().handle(event)
-            return
-        self.closed = True
-        if self._response_started():
-            await self._log_access(self.response)
-        if self.app_put is not None:
-            await self.app_put({"type": "http.disconnect"})
+        elif isinstance(event, Body):
+            await self._put({"type": "http.request", "body": bytes(event.data), "more_body": True})
+        elif isinstance(event, EndBody):
+            await self._put({"type": "http.request", "body": b"", "more_body": False})
+        else:
+            self.closed = True
+            if self._response_started():
+                await self._log_access(self.response)
+            if self.app_put is not None:
+                await self._put({"type": "http.disconnect"})
+
+    async def _put(self, message: ASGIReceiveEvent) -> None:
+        """Queue ``message`` for the app, with a checkpoint only while the app's queue is full.
+
+        Hypercorn passes each message with the queue's ``send``, a checkpoint
+        even when the queue has room. The reading task then waits a whole pass
+        of the scheduler for every request, and the app's task for the
+        ``http.disconnect`` that follows every response. A full queue still
+        blocks the reading task until the app catches up, so a body that the
+        app does not read stops being read from the socket.
+        """
+        channel = getattr(self.app_put, "__self__", None)
+        if isinstance(channel, trio.MemorySendChannel):
+            try:
+                channel.send_nowait(message)
+                return
+            except trio.WouldBlock:
+                pass
+        await self.app_put(message)
 
     async def app_send(self, message: ASGISendEvent | None) -> None:
         if message is None and self.closed:
@@ -1097,17 +1122,69 @@ class _ConnectionServer(TCPServer):
         await super()._initiate_server_close()
 
     async def _close(self) -> None:
-        # Hypercorn closes the socket from the task that ends the connection.
-        # After a "Connection: close" request that is the task of a Quart
-        # route, inside the request nursery that Quart-Trio cancels as the
-        # response ends, so the close was cancelled and the connection stayed
-        # open. Shielded, it completes: both socket calls return at once.
-        with trio.CancelScope(shield=True):
-            await super()._close()
+        """Close the connection's socket, without a checkpoint for a plain TCP stream.
+
+        Hypercorn ends the sending side and closes the socket with a
+        checkpoint each, from the task that ends the connection. After a
+        "Connection: close" request that is the task of a Quart route, inside
+        the request nursery that Quart-Trio cancels as the response ends, so
+        the close was cancelled and the connection stayed open. Both socket
+        calls are synchronous, so here they run at once and cannot be
+        cancelled. A task blocked on the socket gets ``ClosedResourceError``.
+        """
+        if not isinstance(self.stream, trio.SocketStream):
+            with trio.CancelScope(shield=True):
+                await super()._close()
+            return
+        socket = self.stream.socket
+        with contextlib.suppress(OSError):
+            socket.shutdown(trio.socket.SHUT_WR)
+        socket.close()
+
+    async def protocol_send(self, event: Event) -> None:
+        """Write ``RawData`` with one checkpoint, the write's own, and pass other events to Hypercorn.
+
+        Hypercorn takes the send lock with ``async with``, a checkpoint of its
+        own before every write, and under load each checkpoint waits a whole
+        pass of the scheduler. The lock only orders the streams of an HTTP/2
+        connection, so it is taken without a checkpoint when free. As in
+        Hypercorn, the write is shielded: a cancelled task's response goes out
+        whole, and a broken connection is reported to the protocol as closed.
+        """
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        try:
+            self.send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.send_lock.acquire()
+        try:
+            with trio.CancelScope(shield=True):
+                await self.stream.send_all(event.data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.send_lock.release()
+            await self.protocol.handle(Closed())
+        else:
+            self.send_lock.release()
 
     async def _read_data(self) -> None:
+        """Feed what the client sends to the protocol until the connection ends.
+
+        Hypercorn wraps every read in ``fail_after(read_timeout)``, a cancel
+        scope per read even when no read timeout is set, and the server sets
+        none: the idle timer and the body timeout bound a connection's
+        silences.
+        """
         try:
-            await super()._read_data()
+            while True:
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                await self.protocol.handle(RawData(bytes(data)))
+                if not data:
+                    break
+            await self.protocol.handle(Closed())
         finally:
             # Every connection ends here: the client closed it, or the server did.
             self.idle_task.end()
