@@ -1142,7 +1142,7 @@ class _ConnectionServer(TCPServer):
         socket.close()
 
     async def protocol_send(self, event: Event) -> None:
-        """Write ``RawData`` with one checkpoint, the write's own, and pass other events to Hypercorn.
+        """Write ``RawData`` with one checkpoint, the write's own, and pass other events on.
 
         Hypercorn takes the send lock with ``async with``, a checkpoint of its
         own before every write, and under load each checkpoint waits a whole
