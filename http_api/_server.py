@@ -26,6 +26,7 @@ import hypercorn.protocol
 import hypercorn.protocol.h2
 import hypercorn.protocol.h11
 import hypercorn.trio.run
+import hypercorn.typing
 import hyperframe.exceptions
 import trio
 from hypercorn.config import Config
@@ -53,6 +54,7 @@ from hypercorn.typing import (
     HTTPResponseStartEvent,
     LifespanState,
     ResponseSummary,
+    Scope,
     WWWScope,
 )
 from priority.priority import DuplicateStreamError
@@ -659,6 +661,85 @@ async def _log_rejection(
     await config.log.access(cast(WWWScope, scope), response, 0.0)
 
 
+class _AppQueue:
+    """The messages of one request, from its stream to its app's task.
+
+    Hypercorn passes them through a memory channel whose ``send`` and
+    ``receive`` are checkpoints even when they need not wait, and under load
+    each checkpoint waits a whole pass of the scheduler. So the reading task
+    waited one for every request, a start's task one for each of its two
+    body messages, and every request's task one for the ``http.disconnect``
+    queued after its response. ``put`` and ``receive`` wait only while the
+    queue is full or empty. A full queue still blocks the reading task until
+    the app catches up, so a body that the app does not read stops being read
+    from the socket. ``receive`` is a cancellation point either way.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._send, self._receive = trio.open_memory_channel[ASGIReceiveEvent](size)
+
+    async def put(self, message: ASGIReceiveEvent) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            await self._send.send(message)
+
+    async def receive(self) -> ASGIReceiveEvent:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return await self._receive.receive()
+
+
+async def _run_app(
+    app: AppWrapper,
+    scope: Scope,
+    receive: Callable[[], Awaitable[ASGIReceiveEvent]],
+    send: Callable[[ASGISendEvent | None], Awaitable[None]],
+) -> None:
+    """Run ``app`` for one request, then tell the stream with ``send(None)`` that it returned.
+
+    An error other than cancellation is logged with its traceback, and the
+    stream then answers 500 if no response had started.
+    """
+    try:
+        await app(scope, receive, send, trio.to_thread.run_sync, trio.from_thread.run)
+    except trio.Cancelled:
+        raise
+    except Exception:
+        logger.exception("the app failed on %s %s", scope.get("method"), scope.get("path"))
+    except BaseExceptionGroup as group:
+        _, errors = group.split(trio.Cancelled)
+        if errors is None:
+            raise
+        logger.exception("the app failed on %s %s", scope.get("method"), scope.get("path"))
+    finally:
+        await send(None)
+
+
+class _AppTasks:
+    """A connection's task group, giving each request's app an ``_AppQueue``."""
+
+    def __init__(self, task_group: hypercorn.typing.TaskGroup) -> None:
+        self._task_group = task_group
+
+    def spawn(self, func: Callable[..., Awaitable[object]], *args: Any) -> None:
+        self._task_group.spawn(func, *args)
+
+    async def spawn_app(
+        self,
+        app: AppWrapper,
+        config: Config,
+        scope: Scope,
+        send: Callable[[ASGISendEvent | None], Awaitable[None]],
+    ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
+        """Start ``app`` for one request; return the function that queues its messages."""
+        queue = _AppQueue(config.max_app_queue_size)
+        self._task_group.spawn(_run_app, app, scope, queue.receive, send)
+        return queue.put
+
+
 class _BodyCounter:
     """A stream's ``send`` that counts the bytes of the ``Body`` events it passes on.
 
@@ -709,39 +790,17 @@ class _HTTPStream(HTTPStream):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.send = self._counted = _BodyCounter(self.send)
+        self.task_group = _AppTasks(self.task_group)  # type: ignore[assignment]
 
     async def handle(self, event: StreamEvent) -> None:
-        if self.closed or not isinstance(event, Body | EndBody | StreamClosed):
+        if not isinstance(event, StreamClosed) or self.closed:
             await super().handle(event)
-        elif isinstance(event, Body):
-            await self._put({"type": "http.request", "body": bytes(event.data), "more_body": True})
-        elif isinstance(event, EndBody):
-            await self._put({"type": "http.request", "body": b"", "more_body": False})
-        else:
-            self.closed = True
-            if self._response_started():
-                await self._log_access(self.response)
-            if self.app_put is not None:
-                await self._put({"type": "http.disconnect"})
-
-    async def _put(self, message: ASGIReceiveEvent) -> None:
-        """Queue ``message`` for the app, with a checkpoint only while the app's queue is full.
-
-        Hypercorn passes each message with the queue's ``send``, a checkpoint
-        even when the queue has room. The reading task then waits a whole pass
-        of the scheduler for every request, and the app's task for the
-        ``http.disconnect`` that follows every response. A full queue still
-        blocks the reading task until the app catches up, so a body that the
-        app does not read stops being read from the socket.
-        """
-        channel = getattr(self.app_put, "__self__", None)
-        if isinstance(channel, trio.MemorySendChannel):
-            try:
-                channel.send_nowait(message)
-                return
-            except trio.WouldBlock:
-                pass
-        await self.app_put(message)
+            return
+        self.closed = True
+        if self._response_started():
+            await self._log_access(self.response)
+        if self.app_put is not None:
+            await self.app_put({"type": "http.disconnect"})
 
     async def app_send(self, message: ASGISendEvent | None) -> None:
         if message is None and self.closed:
