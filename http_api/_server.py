@@ -254,6 +254,8 @@ class _ClosingConnection(h11.Connection):
     # Whether the last request asked for an h2c upgrade that it may not have
     # (see ``_is_valid_h2c_upgrade``), so that it is served over HTTP/1.1.
     ignores_upgrade = False
+    # Whether the connection has ended, so that next_event reports it closed.
+    ended = False
 
     def __init__(self, max_head_bytes: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
@@ -272,6 +274,8 @@ class _ClosingConnection(h11.Connection):
         super().receive_data(data)
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self.ended:
+            return h11.ConnectionClosed()
         if self.their_state is h11.MUST_CLOSE and self.trailing_data[0]:
             return h11.NEED_DATA
         try:
@@ -483,6 +487,18 @@ class _H11Protocol(H11Protocol):
         # Replaces the connection that Hypercorn's constructor made, before any use.
         self.connection = _ClosingConnection(self.config.h11_max_incomplete_size)
         self._unsent_head = b""
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, Closed):
+            # Bytes pipelined after a request pause the reading task until its
+            # response ends. A write that fails ends the connection without
+            # that, and the paused task kept the connection open until the
+            # server stopped. Woken, it sees the connection closed and returns.
+            self.connection.ended = True
+            await super().handle(event)
+            await self.can_read.set()
+            return
+        await super().handle(event)
 
     async def stream_send(self, event: StreamEvent) -> None:
         # Events other than a response's own (a close, raw tunnel data) send

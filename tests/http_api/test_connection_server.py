@@ -17,14 +17,16 @@ import weakref
 from typing import Any
 
 import hypercorn.protocol
+import hypercorn.protocol.h11
 import pytest
 import trio
+import trio.lowlevel
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from http_api._server import _ConnectionServer, _H11Protocol
+from http_api._server import _ConnectionServer, _H11Protocol, _HTTPStream
 
 # Real seconds an exchange may take before the test fails.
 TIMEOUT_SECONDS = 10
@@ -135,3 +137,55 @@ async def test_later_body_chunks_own_writes():
     assert len(writes) == 2
     assert writes[0].endswith(b"\r\n\r\nhello")
     assert writes[1] == b"world"
+
+
+async def long_body(scope, receive, send) -> None:
+    chunk = b"x" * 65536
+    headers = [(b"content-length", str(len(chunk) * 100).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for _ in range(100):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        # A file read between chunks, where the app notices the client leaving.
+        await trio.lowlevel.checkpoint()
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def long_body_until_disconnect(scope, receive, send) -> None:
+    """Send ``long_body`` and stop when the client leaves, as Quart-Trio does."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await long_body(scope, receive, send)
+        nursery.cancel_scope.cancel()
+
+
+async def test_broken_write_after_pipelined_request_ends_connection(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(hypercorn.protocol.h11, "HTTPStream", _HTTPStream)
+    # The second request pauses the reading task until the first response
+    # ends, which the client's close cuts short.
+    server_socket, client_socket = trio.socket.socketpair()
+    client = trio.SocketStream(client_socket)
+    handler = _ConnectionServer(
+        ASGIWrapper(long_body_until_disconnect),
+        Config(),
+        WorkerContext(None),
+        ConnectionState({}),
+        trio.SocketStream(server_socket),
+    )
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with trio.fail_after(TIMEOUT_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handler.run)
+            await client.send_all(request + request)
+            first = await client.receive_some()
+            await client.aclose()
+
+    assert first.startswith(b"HTTP/1.1 200")
+    assert server_socket.fileno() == -1
