@@ -493,7 +493,7 @@ class _H11Protocol(H11Protocol):
             # Bytes pipelined after a request pause the reading task until its
             # response ends. A write that fails ends the connection without
             # that, and the paused task kept the connection open until the
-            # server stopped. Woken, it sees the connection closed and returns.
+            # server stopped. Woken, it reads the connection as closed and returns.
             self.connection.ended = True
             await super().handle(event)
             await self.can_read.set()
@@ -689,38 +689,61 @@ class _AppQueue:
     queue is full or empty. A full queue still blocks the reading task until
     the app catches up, so a body that the app does not read stops being read
     from the socket. ``receive`` is a cancellation point either way.
+
+    Two cases must not wait at all, because nothing would end the wait:
+
+    - ``http.disconnect`` is a state, not one more message. It never waits
+      for room, and ``receive`` returns it once the queue is empty, as often
+      as it is called. An app that responded without reading a body has left
+      the queue full, and the stream's close, which puts the disconnect, is
+      shielded from cancellation.
+    - After ``close`` (the app has returned), ``put`` drops its message and a
+      ``put`` waiting for room returns.
     """
 
     def __init__(self, size: int) -> None:
         self._send, self._receive = trio.open_memory_channel[ASGIReceiveEvent](size)
+        self._disconnected = False
 
     async def put(self, message: ASGIReceiveEvent) -> None:
+        if message["type"] == "http.disconnect":
+            self._disconnected = True
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
-            await self._send.send(message)
+            if not self._disconnected:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await self._send.send(message)
+        except trio.BrokenResourceError:
+            pass
 
     async def receive(self) -> ASGIReceiveEvent:
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             return self._receive.receive_nowait()
         except trio.WouldBlock:
+            if self._disconnected:
+                return {"type": "http.disconnect"}
             return await self._receive.receive()
+
+    def close(self) -> None:
+        """Drop every message from now on, because the app has returned."""
+        self._receive.close()
 
 
 async def _run_app(
     app: AppWrapper,
     scope: Scope,
-    receive: Callable[[], Awaitable[ASGIReceiveEvent]],
+    queue: _AppQueue,
     send: Callable[[ASGISendEvent | None], Awaitable[None]],
 ) -> None:
     """Run ``app`` for one request, then tell the stream with ``send(None)`` that it returned.
 
     An error other than cancellation is logged with its traceback, and the
-    stream then answers 500 if no response had started.
+    stream then responds with 500 if no response had started.
     """
     try:
-        await app(scope, receive, send, trio.to_thread.run_sync, trio.from_thread.run)
+        await app(scope, queue.receive, send, trio.to_thread.run_sync, trio.from_thread.run)
     except trio.Cancelled:
         raise
     except Exception:
@@ -731,6 +754,7 @@ async def _run_app(
             raise
         logger.exception("the app failed on %s %s", scope.get("method"), scope.get("path"))
     finally:
+        queue.close()
         await send(None)
 
 
@@ -752,7 +776,7 @@ class _AppTasks:
     ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
         """Start ``app`` for one request; return the function that queues its messages."""
         queue = _AppQueue(config.max_app_queue_size)
-        self._task_group.spawn(_run_app, app, scope, queue.receive, send)
+        self._task_group.spawn(_run_app, app, scope, queue, send)
         return queue.put
 
 
@@ -1021,6 +1045,13 @@ class _H2Protocol(H2Protocol):
             # and would send GOAWAY PROTOCOL_ERROR for a late WINDOW_UPDATE.
             return
         await super().handle(event)
+        if isinstance(event, Closed):
+            # The task that sends DATA frames stops when the connection closes,
+            # and an app's end of body waits for its stream's buffer to drain.
+            # Its task would wait forever, and hold the connection's memory and
+            # the server's stop. A closed buffer ends the wait.
+            for buffer in self.stream_buffers.values():
+                await buffer.close()
 
     def _count_sent(self, stream_id: int, size: int) -> None:
         """Add ``size`` body bytes sent on ``stream_id`` to its access-log count."""

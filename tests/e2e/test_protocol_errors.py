@@ -19,6 +19,10 @@ import pytest
 from .conftest import ServerProcess
 from .wire import WAIT_SECONDS, exchange_raw, http2_exchange, split_response
 
+# A stop with no request left in progress takes well under a second. A task
+# left waiting holds it for the whole grace period, 20 s by default.
+STOP_WITHOUT_WAITING_SECONDS = 10
+
 pytestmark = pytest.mark.e2e
 
 
@@ -394,8 +398,10 @@ def test_invalid_h2c_upgrade_served_over_http1(
     assert "Traceback" not in server.log
 
 
-def reset_streams(server: ServerProcess, count: int) -> tuple[list[h2.events.Event], str]:
-    """Open ``count`` GET /health streams and reset each at once, then send one more GET.
+def reset_streams(
+    server: ServerProcess, count: int, path: str = "/health"
+) -> tuple[list[h2.events.Event], str]:
+    """Open ``count`` GET ``path`` streams and reset each at once, then send one more GET.
 
     Returns the connection's events until the last stream ends or the
     server ends the connection, and the status of the last stream, if any.
@@ -404,7 +410,7 @@ def reset_streams(server: ServerProcess, count: int) -> tuple[list[h2.events.Eve
     assert address.hostname is not None and address.port is not None
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     client.initiate_connection()
-    request = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/health")]
+    request = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
     for _ in range(count):
         stream_id = client.get_next_available_stream_id()
         client.send_headers(stream_id, request, end_stream=True)
@@ -441,6 +447,24 @@ def test_rapid_reset_ends_connection(server: ServerProcess) -> None:
     server.wait_for_log(r"reset more than 100 streams in progress")
     assert httpx.get(f"{server.base_url}/health", trust_env=False, timeout=5).status_code == 200
     assert "Traceback" not in server.log
+
+
+def test_rapid_reset_of_status_reads_leaves_no_task(server: ServerProcess) -> None:
+    # Status reads answered after the connection closed waited forever for
+    # their stream's buffer to drain, so the stop waited its whole grace.
+    started = httpx.post(
+        f"{server.base_url}/v1/download/start", json={"file_id": 70000}, trust_env=False
+    )
+    status_path = started.json()["statusUrl"]
+    for _ in range(5):
+        events, _ = reset_streams(server, 150, status_path)
+        assert isinstance(events[-1], h2.events.ConnectionTerminated)
+
+    stopping = time.monotonic()
+    status = server.stop()
+
+    assert status == 0
+    assert time.monotonic() - stopping < STOP_WITHOUT_WAITING_SECONDS
 
 
 def test_some_resets_leave_connection_serving(server: ServerProcess) -> None:

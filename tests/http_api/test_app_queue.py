@@ -17,6 +17,7 @@ import trio.testing
 from http_api._server import _AppQueue, _run_app
 
 REQUEST = {"type": "http.request", "body": b"", "more_body": False}
+BODY = {"type": "http.request", "body": b"{}", "more_body": True}
 DISCONNECT = {"type": "http.disconnect"}
 SCOPE = {"type": "http", "method": "GET", "path": "/v1/download/status/x"}
 
@@ -32,11 +33,11 @@ async def test_put_with_room_no_checkpoint():
 
 async def test_put_full_queue_waits():
     queue = _AppQueue(1)
-    await queue.put(REQUEST)
+    await queue.put(BODY)
     put_done = trio.Event()
 
     async def put_second() -> None:
-        await queue.put(DISCONNECT)
+        await queue.put(REQUEST)
         put_done.set()
 
     async with trio.open_nursery() as nursery:
@@ -44,10 +45,48 @@ async def test_put_full_queue_waits():
         await trio.testing.wait_all_tasks_blocked()
         assert not put_done.is_set()
 
-        assert await queue.receive() == REQUEST
+        assert await queue.receive() == BODY
         await put_done.wait()
 
+    assert await queue.receive() == REQUEST
+
+
+async def test_disconnect_full_queue_no_wait():
+    queue = _AppQueue(1)
+    await queue.put(BODY)
+
+    with trio.testing.assert_no_checkpoints():
+        await queue.put(DISCONNECT)
+
+    assert await queue.receive() == BODY
     assert await queue.receive() == DISCONNECT
+    assert await queue.receive() == DISCONNECT
+
+
+async def test_waiting_put_returns_at_close():
+    queue = _AppQueue(1)
+    await queue.put(BODY)
+    put_done = trio.Event()
+
+    async def put_second() -> None:
+        await queue.put(REQUEST)
+        put_done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put_second)
+        await trio.testing.wait_all_tasks_blocked()
+        queue.close()
+
+    assert put_done.is_set()
+
+
+async def test_put_after_close_dropped():
+    queue = _AppQueue(1)
+    queue.close()
+
+    with trio.testing.assert_no_checkpoints():
+        await queue.put(REQUEST)
+        await queue.put(DISCONNECT)
 
 
 async def test_receive_queued_lets_no_task_run():
@@ -108,7 +147,7 @@ async def test_app_return_tells_stream():
     async def send(message) -> None:
         sent.append(message)
 
-    await _run_app(app, SCOPE, _AppQueue(1).receive, send)
+    await _run_app(app, SCOPE, _AppQueue(1), send)
 
     assert sent[0] == {"type": "http.response.start", "status": 204, "headers": []}
     assert sent[-1] is None
@@ -124,7 +163,7 @@ async def test_app_error_logged_and_stream_told(caplog: pytest.LogCaptureFixture
         sent.append(message)
 
     with caplog.at_level(logging.ERROR, logger="http_api._server"):
-        await _run_app(app, SCOPE, _AppQueue(1).receive, send)
+        await _run_app(app, SCOPE, _AppQueue(1), send)
 
     assert sent == [None]
     assert "the app failed on GET /v1/download/status/x" in caplog.text
@@ -142,7 +181,7 @@ async def test_app_cancelled_propagates():
 
     with trio.CancelScope() as scope:
         scope.cancel()
-        await _run_app(app, SCOPE, _AppQueue(1).receive, send)
+        await _run_app(app, SCOPE, _AppQueue(1), send)
 
     assert scope.cancelled_caught
     assert sent == [None]
