@@ -31,18 +31,25 @@ async def test_put_with_room_no_checkpoint():
     assert await queue.receive() == REQUEST
 
 
-async def test_put_full_queue_waits():
-    queue = _AppQueue(1)
-    await queue.put(BODY)
+async def start_blocked_put(nursery: trio.Nursery, queue: _AppQueue) -> trio.Event:
+    """Start a put of ``REQUEST`` into the full ``queue``; return the event set when it returns."""
     put_done = trio.Event()
 
-    async def put_second() -> None:
+    async def put() -> None:
         await queue.put(REQUEST)
         put_done.set()
 
+    nursery.start_soon(put)
+    await trio.testing.wait_all_tasks_blocked()
+    return put_done
+
+
+async def test_put_full_queue_waits():
+    queue = _AppQueue(1)
+    await queue.put(BODY)
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(put_second)
-        await trio.testing.wait_all_tasks_blocked()
+        put_done = await start_blocked_put(nursery, queue)
         assert not put_done.is_set()
 
         assert await queue.receive() == BODY
@@ -66,15 +73,9 @@ async def test_disconnect_full_queue_no_wait():
 async def test_waiting_put_returns_at_close():
     queue = _AppQueue(1)
     await queue.put(BODY)
-    put_done = trio.Event()
-
-    async def put_second() -> None:
-        await queue.put(REQUEST)
-        put_done.set()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(put_second)
-        await trio.testing.wait_all_tasks_blocked()
+        put_done = await start_blocked_put(nursery, queue)
         queue.close()
 
     assert put_done.is_set()
