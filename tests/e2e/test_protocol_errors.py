@@ -20,7 +20,7 @@ from .conftest import ServerProcess
 from .wire import WAIT_SECONDS, exchange_raw, http2_exchange, split_response
 
 # A stop with no request left in progress takes well under a second. A task
-# left waiting holds it for the whole grace period, 20 s by default.
+# left waiting delays it by the whole grace period, 20 s by default.
 STOP_WITHOUT_WAITING_SECONDS = 10
 
 pytestmark = pytest.mark.e2e
@@ -450,8 +450,8 @@ def test_rapid_reset_ends_connection(server: ServerProcess) -> None:
 
 
 def test_rapid_reset_of_status_reads_leaves_no_task(server: ServerProcess) -> None:
-    # Status reads answered after the connection closed waited forever for
-    # their stream's buffer to drain, so the stop waited its whole grace.
+    # Status reads that responded after the connection closed waited forever
+    # for their stream's buffer to drain, so the stop waited its whole grace.
     started = httpx.post(
         f"{server.base_url}/v1/download/start", json={"file_id": 70000}, trust_env=False
     )
