@@ -1,11 +1,14 @@
-"""Bench-only: server CPU per request, one kind of request at a time.
+"""Bench-only: server CPU per request, one kind of request at a time, on each system.
 
-Run ``python -m bench._cost`` (about half a minute). It starts the product
-on 127.0.0.1 with jobs that outlast the run, and for each kind of request
-sends ``--requests`` of them over ``--connections`` keep-alive connections,
-one request at a time per connection. The figure is the server's CPU time
-(user plus system, from psutil) over the batch divided by the number of
-requests, as the median, min and max of ``--rounds`` batches.
+Run ``python -m bench._cost`` (about three minutes). It starts the product,
+the floor (bare ASGI on Hypercorn) and the FastAPI baseline on 127.0.0.1,
+with jobs that outlast the run. For each kind of request it sends
+``--requests`` of them over ``--connections`` keep-alive connections, one
+request at a time per connection, to each system in turn. The figure is
+the server's CPU time (user plus system, from psutil) over the batch
+divided by the number of requests, as the median, min and max of
+``--rounds`` batches. The systems take turns within each round, so a
+change in the machine's speed during the run reaches all of them alike.
 
 Kinds:
 
@@ -19,6 +22,9 @@ Kinds:
 - ``arrival``: what a new long-poll client costs: a new connection, a start,
   a status read of the new job, a 10 ms long poll on it, and the close.
 
+The kinds that need a tag run only on systems that send ``ETag``, so the
+FastAPI baseline, which sends none, has no figure for them.
+
 The load generator runs in this process, so the machine needs a second
 core for the figures to mean server CPU alone.
 """
@@ -26,6 +32,8 @@ core for the figures to mean server CPU alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import statistics
 from collections.abc import Awaitable, Callable
@@ -34,7 +42,16 @@ import trio
 
 from ._http import HttpConnection, Response
 from ._load import start_spec
-from ._servers import PRODUCT, ServerProcess, product_settings, running_server
+from ._servers import (
+    FASTAPI,
+    FLOOR,
+    PRODUCT,
+    SYSTEMS,
+    ServerProcess,
+    System,
+    product_settings,
+    running_server,
+)
 
 WARM_UP_REQUESTS = 200
 # Job delay (ms): long enough that no job's progress reaches its first step
@@ -59,7 +76,16 @@ async def _start(connection: HttpConnection, index: int) -> Response:
     return await connection.request(method, target, headers=headers, body=body)
 
 
-def _kinds(jobs: _Jobs) -> dict[str, tuple[Send, int]]:
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of request: how to send it, the status it must return, and what it needs."""
+
+    send: Send
+    expected: int
+    needs_tag: bool = False
+
+
+def _kinds(jobs: _Jobs) -> dict[str, Kind]:
     async def status(connection: HttpConnection, index: int) -> Response:
         return await connection.request("GET", jobs.paths[index % len(jobs.paths)])
 
@@ -88,14 +114,13 @@ def _kinds(jobs: _Jobs) -> dict[str, tuple[Send, int]]:
         await connection.aclose()
         return poll_response
 
-    # Each kind's request, and the status it must return.
     return {
-        "start": (_start, 202),
-        "status": (status, 200),
-        "status-304": (status_304, 304),
-        "status-new-connection": (status_new_connection, 200),
-        "long-poll-10ms": (long_poll, 304),
-        "arrival": (arrival, 304),
+        "start": Kind(_start, 202),
+        "status": Kind(status, 200),
+        "status-304": Kind(status_304, 304, needs_tag=True),
+        "status-new-connection": Kind(status_new_connection, 200),
+        "long-poll-10ms": Kind(long_poll, 304, needs_tag=True),
+        "arrival": Kind(arrival, 304, needs_tag=True),
     }
 
 
@@ -124,6 +149,7 @@ async def _batch(
 
 
 async def _prepare(port: int, jobs: _Jobs, count: int) -> None:
+    """Start ``count`` jobs, and record their status paths and the tags the server sends."""
     connection = HttpConnection(port)
     try:
         for index in range(count):
@@ -133,26 +159,57 @@ async def _prepare(port: int, jobs: _Jobs, count: int) -> None:
             path = json.loads(started.body)["statusUrl"]
             read = await connection.request("GET", path)
             jobs.paths.append(path)
-            jobs.tags[path] = read.headers["etag"]
+            if "etag" in read.headers:
+                jobs.tags[path] = read.headers["etag"]
     finally:
         await connection.aclose()
 
 
 def measure(
-    server: ServerProcess, requests: int, connections: int, rounds: int
-) -> dict[str, list[float]]:
-    """Return each kind's server CPU per request, in milliseconds, one value per round."""
-    jobs = _Jobs()
-    trio.run(_prepare, server.port, jobs, connections * 4)
-    figures: dict[str, list[float]] = {}
-    for name, (send, expected) in _kinds(jobs).items():
-        trio.run(_batch, server.port, send, expected, WARM_UP_REQUESTS, connections)
+    servers: dict[str, ServerProcess], requests: int, connections: int, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Return each kind's server CPU per request in milliseconds, by system, one value per round.
+
+    ``servers`` maps system keys to running servers. A kind that needs a
+    tag is left out for a server that sent none.
+    """
+    kinds_by_system: dict[str, dict[str, Kind]] = {}
+    for key, server in servers.items():
+        jobs = _Jobs()
+        trio.run(_prepare, server.port, jobs, connections * 4)
+        kinds_by_system[key] = {
+            name: kind for name, kind in _kinds(jobs).items() if jobs.tags or not kind.needs_tag
+        }
+    figures: dict[str, dict[str, list[float]]] = {}
+    for name in _kinds(_Jobs()):
+        measured = {key: kinds[name] for key, kinds in kinds_by_system.items() if name in kinds}
+        for key, kind in measured.items():
+            port = servers[key].port
+            trio.run(_batch, port, kind.send, kind.expected, WARM_UP_REQUESTS, connections)
         for _ in range(rounds):
-            before = server.cpu_seconds()
-            trio.run(_batch, server.port, send, expected, requests, connections)
-            used = server.cpu_seconds() - before
-            figures.setdefault(name, []).append(used / requests * 1000)
+            for key, kind in measured.items():
+                server = servers[key]
+                before = server.cpu_seconds()
+                trio.run(_batch, server.port, kind.send, kind.expected, requests, connections)
+                used = server.cpu_seconds() - before
+                figures.setdefault(name, {}).setdefault(key, []).append(used / requests * 1000)
     return figures
+
+
+def _systems(text: str) -> list[System]:
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in SYSTEMS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(SYSTEMS)}, got {text!r}"
+        )
+    return [SYSTEMS[key] for key in keys]
+
+
+def _cell(values: list[float] | None) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main() -> None:
@@ -161,7 +218,14 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=2000, help="requests per batch")
     parser.add_argument("--connections", type=int, default=8, help="connections per batch")
-    parser.add_argument("--rounds", type=int, default=3, help="batches per kind")
+    parser.add_argument("--rounds", type=int, default=3, help="batches per kind and system")
+    parser.add_argument(
+        "--systems",
+        type=_systems,
+        default=[PRODUCT, FLOOR, FASTAPI],
+        help=f"comma-separated systems to measure, of {', '.join(SYSTEMS)} "
+        "(default: product,floor,fastapi)",
+    )
     options = parser.parse_args()
     # The start and arrival kinds start one job per request.
     capacity = 2 * (options.requests + WARM_UP_REQUESTS) * options.rounds + 4 * options.connections
@@ -171,14 +235,23 @@ def main() -> None:
         DOWNLOAD_DELAY_MAX_MS=str(JOB_DELAY_MS),
         JOB_TIMEOUT_MS=str(2 * JOB_DELAY_MS),
     )
-    with running_server(PRODUCT, settings) as server:
-        figures = measure(server, options.requests, options.connections, options.rounds)
+    with contextlib.ExitStack() as stack:
+        servers = {
+            system.key: stack.enter_context(running_server(system, settings))
+            for system in options.systems
+        }
+        figures = measure(servers, options.requests, options.connections, options.rounds)
     print(
         f"server CPU per request (ms), {options.requests} requests over "
         f"{options.connections} connections, median (min-max) of {options.rounds} batches"
     )
-    for name, values in figures.items():
-        print(f"  {name:<24} {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+    width = 22
+    print(f"  {'kind':<24}" + "".join(f"{system.key:<{width}}" for system in options.systems))
+    for name, by_system in figures.items():
+        cells = "".join(
+            f"{_cell(by_system.get(system.key)):<{width}}" for system in options.systems
+        )
+        print(f"  {name:<24}{cells}")
 
 
 if __name__ == "__main__":
