@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     print(
         f"bench: {mode} run took {wall:.0f} s; other processes used "
-        f"{run_load['other_processes_cores']:.2f} cores on average",
+        f"{run_load['other_processes_cores']:.2f} cores and steal "
+        f"{run_load['stolen_cores']:.2f} cores on average",
         flush=True,
     )
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -118,11 +118,24 @@ def command_line() -> str:
 QUIET_SAMPLE_SECONDS = 1.0
 
 
+class LoadReading(NamedTuple):
+    """Cumulative CPU counters at one moment, all in seconds."""
+
+    monotonic: float
+    # CPU time that any process on the machine ran, steal excluded.
+    busy: float
+    # CPU time of the benchmark's own processes.
+    ours: float
+    # Steal time: CPU time the hypervisor gave to other virtual machines
+    # while this one had work to run.
+    steal: float
+
+
 class LoadMonitor:
     """CPU used by processes outside this benchmark, sampled every ``interval`` seconds in a thread.
 
-    Machine-wide busy CPU comes from /proc/stat (through psutil). The
-    benchmark's own share is this process and its descendants (servers,
+    Machine-wide busy and steal time come from /proc/stat (through psutil).
+    The benchmark's own share is this process and its descendants (servers,
     harness, wrk). A descendant's CPU since its last sample is lost when it
     exits, so "other" can overstate other processes' use by a little.
     """
@@ -146,11 +159,12 @@ class LoadMonitor:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def reading(self) -> tuple[float, float, float]:
-        """Return (monotonic seconds, machine busy CPU seconds, benchmark CPU seconds) so far."""
+    def reading(self) -> LoadReading:
+        """Return the CPU counters so far."""
         self._sample()
+        busy, steal = _machine_seconds()
         with self._lock:
-            return time.monotonic(), _busy_seconds(), self._ours
+            return LoadReading(time.monotonic(), busy, self._ours, steal)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -190,21 +204,31 @@ class LoadMonitor:
                 return waited
 
 
-def _busy_seconds() -> float:
+def _machine_seconds() -> tuple[float, float]:
+    """Return the machine's busy CPU seconds, steal excluded, and its steal seconds, since boot.
+
+    Linux counts guest time inside user time, so it is subtracted once.
+    Steal is 0 where the system does not report it.
+    """
     times = psutil.cpu_times()
+    steal = getattr(times, "steal", 0.0)
     idle = times.idle + getattr(times, "iowait", 0.0)
-    return float(
-        sum(times) - idle - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
-    )
+    guests = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return float(sum(times) - idle - guests - steal), float(steal)
 
 
-def other_load(
-    start: tuple[float, float, float], end: tuple[float, float, float]
-) -> dict[str, float]:
-    """Return the cores that processes outside the benchmark used on average between readings."""
-    wall = end[0] - start[0]
-    others = (end[1] - start[1]) - (end[2] - start[2])
+def other_load(start: LoadReading, end: LoadReading) -> dict[str, float]:
+    """Return the cores that other processes used, and that steal took, on average between readings.
+
+    ``stolen_cores`` is the CPU that the hypervisor gave to other virtual
+    machines while this one had work to run. It slows whichever system is
+    running, and adds to its latencies.
+    """
+    wall = end.monotonic - start.monotonic
+    others = (end.busy - start.busy) - (end.ours - start.ours)
+    stolen = end.steal - start.steal
     return {
         "other_processes_cores": max(others, 0.0) / wall if wall > 0 else math.nan,
+        "stolen_cores": max(stolen, 0.0) / wall if wall > 0 else math.nan,
         "load_average_1min": os.getloadavg()[0],
     }

@@ -13,7 +13,7 @@ import trio
 from ._config import Sizes
 from ._http import HttpConnection, Parser
 from ._load import start_spec
-from ._machine import LoadMonitor, other_load
+from ._machine import LoadMonitor, LoadReading, other_load
 from ._servers import PRODUCT, ServerProcess, product_settings, running_server
 from ._stats import summarize_runs
 
@@ -54,7 +54,7 @@ class Context:
     quiet_wait_per_run: float = 0.0
     quiet_wait_budget: float = 0.0
     quiet_waited: float = 0.0
-    _run_reading: tuple[float, float, float] | None = None
+    _run_reading: LoadReading | None = None
 
     def begin_run(self) -> None:
         """Collect garbage and wait, within the budget, for other processes to go quiet.
@@ -71,11 +71,12 @@ class Context:
         self._run_reading = self.monitor.reading()
 
     def end_run(self, figures: dict[str, Any]) -> None:
-        """Add the cores other processes used since ``begin_run`` to ``figures``."""
+        """Add the cores that other processes used, and that steal took, since ``begin_run``."""
         if self.monitor is None or self._run_reading is None:
             return
         load = other_load(self._run_reading, self.monitor.reading())
         figures["other_processes_cores"] = load["other_processes_cores"]
+        figures["stolen_cores"] = load["stolen_cores"]
 
 
 def keep_full_collections_out_of_runs() -> None:

@@ -1,12 +1,14 @@
-"""Tests of the bench report page, the profile summary and the capacity verdict, on saved data."""
+"""Tests of the bench report page, the profile summary, the capacity verdict and load readings."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import psutil
 import pytest
 
-from bench import _config, _profile, _report, _targets
+from bench import _config, _machine, _profile, _report, _targets
 from bench.__main__ import main as bench_main
 
 # A full run's results, with long lists of samples thinned to about 100 each.
@@ -37,6 +39,40 @@ def test_report_appends_analysis(page_paths: dict[str, Path]) -> None:
     assert page.rstrip().endswith("A hand-written line.")
     assert "## Targets" in page
     assert sorted(path.name for path in page_paths["IMAGES"].iterdir())
+
+
+def test_report_states_steal_when_measured(page_paths: dict[str, Path]) -> None:
+    document = json.loads(RESULTS.read_text())
+    document["meta"]["machine_load"]["stolen_cores"] = 0.25
+    results = page_paths["PAGE"].parent / "results.json"
+    results.write_text(json.dumps(document))
+
+    status = bench_main(["--report-from", str(results)])
+    page = page_paths["PAGE"].read_text()
+
+    assert status == 0
+    assert "Steal took 0.25 cores on average." in page
+    assert "| stolen cores |" in page
+
+
+def test_other_load_separates_steal_from_processes() -> None:
+    start = _machine.LoadReading(monotonic=100.0, busy=50.0, ours=20.0, steal=3.0)
+    end = _machine.LoadReading(monotonic=110.0, busy=60.0, ours=26.0, steal=5.0)
+
+    load = _machine.other_load(start, end)
+
+    # 10 s of busy CPU, 6 s of it the benchmark's; 2 s stolen over 10 s.
+    assert load["other_processes_cores"] == pytest.approx(0.4)
+    assert load["stolen_cores"] == pytest.approx(0.2)
+
+
+def test_load_reading_counts_steal_apart_from_busy() -> None:
+    monitor = _machine.LoadMonitor()
+    reading = monitor.reading()
+    times = psutil.cpu_times()
+
+    assert reading.steal == pytest.approx(getattr(times, "steal", 0.0), abs=1.0)
+    assert 0 <= reading.busy <= sum(times) - reading.steal
 
 
 def test_report_without_analysis(page_paths: dict[str, Path]) -> None:

@@ -183,6 +183,7 @@ def run(context: Context) -> dict[str, Any]:
                 figures["efficiency_other_processes_cores"] = efficiency_load[
                     "other_processes_cores"
                 ]
+                figures["efficiency_stolen_cores"] = efficiency_load["stolen_cores"]
             context.echo(
                 f"  {KEY} efficiency round {round_number + 1} {variant.key}: "
                 f"{figures['server_cpu_per_job_ms']:.1f} ms CPU per job, "
