@@ -598,10 +598,10 @@ class RecordingFile:
 
 
 async def test_body_seeks_reads_only_range(tmp_path: Path):
-    content = bytes(range(256)) * 1200  # 307,200 bytes: several chunks
+    content = bytes(range(256)) * 4800  # 1,228,800 bytes: several chunks
     path = tmp_path / "result.zip"
     path.write_bytes(content)
-    start, length = 70_000, 150_000
+    start, length = 70_000, 600_000
     file = RecordingFile(await trio.open_file(path, "rb"))
 
     chunks = []
@@ -615,6 +615,22 @@ async def test_body_seeks_reads_only_range(tmp_path: Path):
     assert all(size <= RESULT_CHUNK_BYTES for size in reads)
     assert sum(reads) == length
     assert all(0 < len(chunk) <= RESULT_CHUNK_BYTES for chunk in chunks)
+    assert file.closed
+
+
+async def test_body_from_first_byte_never_seeks(tmp_path: Path):
+    content = bytes(range(256)) * 2400  # 614,400 bytes: three chunks
+    path = tmp_path / "result.zip"
+    path.write_bytes(content)
+    file = RecordingFile(await trio.open_file(path, "rb"))
+
+    chunks = []
+    async with FileRangeBody(file, 0, len(content), "job") as body:
+        async for chunk in body:
+            chunks.append(chunk)
+
+    assert b"".join(chunks) == content
+    assert [name for name, _ in file.calls] == ["read"] * 3
     assert file.closed
 
 
