@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol
@@ -321,12 +322,16 @@ async def _open_result_file(result: ResultFile) -> _AsyncBinaryFile:
     try:
         return await trio.open_file(result.path, "rb")
     except FileNotFoundError:
-        raise Problem(
-            410,
-            "result_unavailable",
-            "Result unavailable",
-            f"the result of job {result.snapshot.job_id} was removed",
-        ) from None
+        raise _result_removed(result) from None
+
+
+def _result_removed(result: ResultFile) -> Problem:
+    return Problem(
+        410,
+        "result_unavailable",
+        "Result unavailable",
+        f"the result of job {result.snapshot.job_id} was removed",
+    )
 
 
 @results.get("/v1/download/<job_id:job_id>")
@@ -377,11 +382,19 @@ async def _open_result_file(result: ResultFile) -> _AsyncBinaryFile:
 )
 async def download_result(job_id: str) -> Response:
     result = await current_jobs().open_result(job_id)
-    # Opened before the headers are chosen, so a removed file gets 410 on every
-    # path, and the bytes stay readable if the file is removed while they are sent.
+    # The file is read or opened before the headers are chosen, so a removed
+    # file gets 410 on every path, and the bytes stay readable if the file is
+    # removed while they are sent.
+    if result.info.size <= RESULT_CHUNK_BYTES:
+        content = await _read_small_result(result)
+        if content is not None:
+            return _build_response(result, lambda start, length: content[start : start + length])
     file = await _open_result_file(result)
     try:
-        response = _build_response(result, file)
+        response = _build_response(
+            result,
+            lambda start, length: FileRangeBody(file, start, length, result.snapshot.job_id),
+        )
     except BaseException:
         await file.aclose()
         raise
@@ -390,8 +403,31 @@ async def download_result(job_id: str) -> Response:
     return response
 
 
-def _build_response(result: ResultFile, file: _AsyncBinaryFile) -> Response:
-    """Build the 200, 206 or 304 response. Only a 200 or 206 to GET reads from ``file``."""
+async def _read_small_result(result: ResultFile) -> bytes | None:
+    """Return the whole file of ``result``, read in one worker-thread call.
+
+    Meant for a file of at most RESULT_CHUNK_BYTES: opening, reading and
+    closing it in one call replaces the three calls of the streamed path.
+    Returns None if the file's length is not the recorded size, so that the
+    streamed path handles it. Raises a 410 ``Problem`` if the file was removed.
+    """
+    try:
+        content = await trio.to_thread.run_sync(result.path.read_bytes)
+    except FileNotFoundError:
+        raise _result_removed(result) from None
+    if len(content) != result.info.size:
+        return None
+    return content
+
+
+def _build_response(
+    result: ResultFile, body_of: Callable[[int, int], bytes | FileRangeBody]
+) -> Response:
+    """Build the 200, 206 or 304 response.
+
+    ``body_of(start, length)`` returns the body of the selected bytes. Only
+    a 200 or 206 to GET calls it.
+    """
     info = result.info
     validators = Validators.of(result)
 
@@ -406,8 +442,7 @@ def _build_response(result: ResultFile, file: _AsyncBinaryFile) -> Response:
     if request.method == "HEAD":
         response = Response(b"", status=200, content_type=info.media_type)
     else:
-        body = FileRangeBody(file, start, length, result.snapshot.job_id)
-        response = Response(body, status=200, content_type=info.media_type)
+        response = Response(body_of(start, length), status=200, content_type=info.media_type)
 
     if selected is not None:
         response.status_code = 206

@@ -24,6 +24,7 @@ from werkzeug.datastructures import Headers
 
 from engine import EngineSettings
 from http_api import Settings, create_app
+from http_api._results import RESULT_CHUNK_BYTES
 
 # Archives of 1-4 KB keep every download small. The delays keep the production
 # range of 10-120 s, which the autojump clock skips.
@@ -141,6 +142,26 @@ async def open_api(
 async def api(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> AsyncIterator[Api]:
     """An app where every file id exists and jobs start at once (10,000 processing slots)."""
     async with open_api(tmp_path, autojump_clock) as running:
+        yield running
+
+
+# Archive sizes of ``result_api``: read whole in one worker-thread call
+# (at most RESULT_CHUNK_BYTES), or streamed in several chunks.
+RESULT_SIZES = {
+    "one-read": {},
+    "streamed": {
+        "download_size_min_bytes": 3 * RESULT_CHUNK_BYTES - 100,
+        "download_size_max_bytes": 3 * RESULT_CHUNK_BYTES - 100,
+    },
+}
+
+
+@pytest.fixture(params=list(RESULT_SIZES))
+async def result_api(
+    request: pytest.FixtureRequest, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> AsyncIterator[Api]:
+    """The ``api`` app, once with small archives and once with archives of three chunks."""
+    async with open_api(tmp_path, autojump_clock, **RESULT_SIZES[request.param]) as running:
         yield running
 
 

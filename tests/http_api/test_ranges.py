@@ -39,7 +39,7 @@ pytestmark = pytest.mark.deadline(3600)
 FILE_ID = 70_000
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 STALE_ETAG = '"' + "0" * 64 + '"'
-# Far beyond the 4.2 KB archives of these tests.
+# Far beyond the archives of these tests (at most 768 KiB).
 BEYOND_ANY_FILE = 10**9
 # More digits than Python's int() accepts by default (4300).
 HUGE_POSITION = "9" * 5000
@@ -85,7 +85,9 @@ class FinishedResult:
 
 
 @pytest.fixture
-async def finished(api, autojump_clock: trio.testing.MockClock) -> FinishedResult:
+async def finished(result_api, autojump_clock: trio.testing.MockClock) -> FinishedResult:
+    """A done job; the whole file is read in one call, or streamed in chunks."""
+    api = result_api
     job_id = await api.start(FILE_ID)
     status = await api.wait_until_finished(job_id)
     assert status["status"] == "done"
@@ -523,6 +525,37 @@ async def test_range_removed_file_is_410(autojump_clock, finished, tmp_path):
 
     assert response.status == 410
     assert response.json()["code"] == "result_unavailable"
+
+
+async def test_result_worker_thread_calls(autojump_clock, finished, monkeypatch):
+    calls = []
+    run_sync = trio.to_thread.run_sync
+
+    async def counting(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(function, "__name__", repr(function)))
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    response = await finished.request()
+
+    assert_whole_file(response, finished)
+    if finished.size <= RESULT_CHUNK_BYTES:
+        assert calls == ["read_bytes"]
+    else:
+        # Open, one read per chunk, close.
+        chunks = -(-finished.size // RESULT_CHUNK_BYTES)
+        assert len(calls) == 2 + chunks
+
+
+async def test_file_longer_than_recorded_sends_recorded_bytes(autojump_clock, finished, tmp_path):
+    archives = list(tmp_path.glob("*.zip"))
+    assert len(archives) == 1
+    with archives[0].open("ab") as archive:
+        archive.write(b"appended")
+
+    response = await finished.request()
+
+    assert_whole_file(response, finished)
 
 
 async def test_range_unknown_job_is_404(autojump_clock, api):
