@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
+import stat
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import trio
 from quart import Blueprint, Response, request
@@ -197,7 +200,7 @@ def _evaluate_preconditions(validators: Validators) -> bool:
                 f"If-Match does not contain the result's ETag {validators.etag}"
             )
     else:
-        unmodified_since = request.if_unmodified_since
+        unmodified_since = _header_date("If-Unmodified-Since")
         if unmodified_since is not None and validators.last_modified > unmodified_since:
             raise _precondition_failed(
                 f"the result was last modified at {last_modified}, after If-Unmodified-Since"
@@ -207,7 +210,7 @@ def _evaluate_preconditions(validators: Validators) -> bool:
     if if_none_match:
         # Weak comparison, so W/"<sha256>" also matches.
         return parse_tag_lines(if_none_match).contains_weak(etag)
-    modified_since = request.if_modified_since
+    modified_since = _header_date("If-Modified-Since")
     return modified_since is not None and validators.last_modified <= modified_since
 
 
@@ -225,8 +228,27 @@ def _if_range_matches(validators: Validators) -> bool:
         return value == validators.etag
     if value.startswith("W/"):
         return False
-    date = parse_date(value)
+    date = _parse_http_date(value)
     return date is not None and date == validators.last_modified
+
+
+def _header_date(name: str) -> datetime | None:
+    """Return the date in request header ``name``, or None if it is missing or invalid."""
+    value = request.headers.get(name)
+    return None if value is None else _parse_http_date(value)
+
+
+def _parse_http_date(value: str) -> datetime | None:
+    """Return the HTTP date in ``value``, or None if it is not one.
+
+    Werkzeug's ``parse_date`` returns None for most invalid dates, but
+    raises ``OverflowError`` for a year too large for a C integer, such
+    as 2147483648.
+    """
+    try:
+        return parse_date(value)
+    except (OverflowError, ValueError):
+        return None
 
 
 def _select_range(validators: Validators, size: int) -> ByteRange | None:
@@ -318,19 +340,78 @@ class FileRangeBody(ResponseBody):
         return chunk
 
 
-async def _open_result_file(result: ResultFile) -> _AsyncBinaryFile:
+class _DamagedResult(Exception):
+    """The stored result is not a regular file of the recorded size."""
+
+
+def _open_stored(path: Path, size: int) -> BinaryIO:
+    """Open the result at ``path`` for reading. It blocks, so call it in a worker thread.
+
+    Raises ``_DamagedResult`` unless it is a regular file of ``size`` bytes.
+    ``O_NONBLOCK`` keeps the open from waiting for a writer when something
+    has replaced the file with a named pipe. It changes nothing for the
+    reads of a regular file.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        return await trio.open_file(result.path, "rb")
-    except FileNotFoundError:
-        raise _result_removed(result) from None
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise _DamagedResult(f"not a regular file (mode {stat.filemode(status.st_mode)})")
+        if status.st_size != size:
+            raise _DamagedResult(f"{status.st_size} bytes where {size} were recorded")
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
-def _result_removed(result: ResultFile) -> Problem:
+def _read_stored(path: Path, size: int) -> bytes:
+    """Return the whole result at ``path``, checked as ``_open_stored`` checks it."""
+    with _open_stored(path, size) as file:
+        content = file.read()
+    if len(content) != size:
+        raise _DamagedResult(f"{len(content)} bytes read where {size} were recorded")
+    return content
+
+
+async def _open_result_file(result: ResultFile) -> _AsyncBinaryFile:
+    """Open the result of ``result`` in a worker thread, or raise a 410 ``Problem``."""
+    try:
+        file = await trio.to_thread.run_sync(_open_stored, result.path, result.info.size)
+    except (FileNotFoundError, _DamagedResult) as error:
+        raise _result_unavailable(result, error) from None
+    return trio.wrap_file(file)
+
+
+async def _read_small_result(result: ResultFile) -> bytes:
+    """Return the whole file of ``result``, read in one worker-thread call.
+
+    Meant for a file of at most RESULT_CHUNK_BYTES: opening, reading and
+    closing it in one call replaces the three calls of the streamed path.
+    Raises a 410 ``Problem`` if the file was removed or damaged.
+    """
+    try:
+        return await trio.to_thread.run_sync(_read_stored, result.path, result.info.size)
+    except (FileNotFoundError, _DamagedResult) as error:
+        raise _result_unavailable(result, error) from None
+
+
+def _result_unavailable(result: ResultFile, error: Exception) -> Problem:
+    """Return the 410 for a result file that was removed or damaged, and log the damage."""
+    job_id = result.snapshot.job_id
+    if isinstance(error, FileNotFoundError):
+        return Problem(
+            410,
+            "result_unavailable",
+            "Result unavailable",
+            f"the result of job {job_id} was removed",
+        )
+    logger.error("result file of job %s is damaged: %s", job_id, error)
     return Problem(
         410,
         "result_unavailable",
         "Result unavailable",
-        f"the result of job {result.snapshot.job_id} was removed",
+        f"the stored result of job {job_id} is damaged; start a new job for the file",
     )
 
 
@@ -364,7 +445,7 @@ def _result_removed(result: ResultFile) -> Problem:
     410,
     ProblemDocument,
     "The job failed or was cancelled (code result_unavailable, with job), its file was "
-    "removed, or the job expired (code expired)",
+    "removed or damaged, or the job expired (code expired)",
 )
 @responds(
     412,
@@ -382,13 +463,12 @@ def _result_removed(result: ResultFile) -> Problem:
 )
 async def download_result(job_id: str) -> Response:
     result = await current_jobs().open_result(job_id)
-    # The file is read or opened before the headers are chosen, so a removed
-    # file gets 410 on every path, and the bytes stay readable if the file is
-    # removed while they are sent.
+    # The file is read or opened before the headers are chosen, so a removed or
+    # damaged file gets 410 on every path, and the bytes stay readable if the
+    # file is removed while they are sent.
     if result.info.size <= RESULT_CHUNK_BYTES:
         content = await _read_small_result(result)
-        if content is not None:
-            return _build_response(result, lambda start, length: content[start : start + length])
+        return _build_response(result, lambda start, length: content[start : start + length])
     file = await _open_result_file(result)
     try:
         response = _build_response(
@@ -401,23 +481,6 @@ async def download_result(job_id: str) -> Response:
     if not isinstance(response.response, FileRangeBody):
         await file.aclose()
     return response
-
-
-async def _read_small_result(result: ResultFile) -> bytes | None:
-    """Return the whole file of ``result``, read in one worker-thread call.
-
-    Meant for a file of at most RESULT_CHUNK_BYTES: opening, reading and
-    closing it in one call replaces the three calls of the streamed path.
-    Returns None if the file's length is not the recorded size, so that the
-    streamed path handles it. Raises a 410 ``Problem`` if the file was removed.
-    """
-    try:
-        content = await trio.to_thread.run_sync(result.path.read_bytes)
-    except FileNotFoundError:
-        raise _result_removed(result) from None
-    if len(content) != result.info.size:
-        return None
-    return content
 
 
 def _build_response(

@@ -9,9 +9,12 @@ clock among the test function's own arguments.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
+import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -540,20 +543,85 @@ async def test_result_worker_thread_calls(autojump_clock, finished, monkeypatch)
 
     assert_whole_file(response, finished)
     if finished.size <= RESULT_CHUNK_BYTES:
-        assert calls == ["read_bytes"]
+        assert calls == ["_read_stored"]
     else:
         # Open, one read per chunk, close.
         chunks = -(-finished.size // RESULT_CHUNK_BYTES)
         assert len(calls) == 2 + chunks
 
 
-async def test_file_longer_than_recorded_sends_recorded_bytes(autojump_clock, finished, tmp_path):
-    archives = list(tmp_path.glob("*.zip"))
-    assert len(archives) == 1
-    with archives[0].open("ab") as archive:
+def stored_archive(tmp_path: Path) -> Path:
+    (archive,) = tmp_path.glob("*.zip")
+    return archive
+
+
+async def test_file_longer_than_recorded_is_410(autojump_clock, finished, tmp_path, caplog):
+    with stored_archive(tmp_path).open("ab") as archive:
         archive.write(b"appended")
 
     response = await finished.request()
+
+    assert response.status == 410
+    assert response.json()["code"] == "result_unavailable"
+    assert "damaged" in response.json()["detail"]
+    assert f"result file of job {finished.job_id} is damaged" in caplog.text
+
+
+async def test_truncated_file_is_410(autojump_clock, finished, tmp_path):
+    archive = stored_archive(tmp_path)
+    archive.write_bytes(archive.read_bytes()[:-10])
+
+    response = await finished.request({"Range": "bytes=0-9"})
+
+    assert response.status == 410
+    assert response.json()["code"] == "result_unavailable"
+
+
+async def test_named_pipe_in_place_of_file_is_410(autojump_clock, finished, tmp_path):
+    archive = stored_archive(tmp_path)
+    archive.unlink()
+    os.mkfifo(archive)
+
+    stop = threading.Event()
+
+    def release_readers() -> None:
+        # An open for reading waits for a writer. Opening for writing every
+        # second ends such waits, so a server that waits fails the test
+        # instead of hanging it.
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                os.close(os.open(archive, os.O_WRONLY | os.O_NONBLOCK))
+
+    releaser = threading.Thread(target=release_readers)
+    releaser.start()
+    try:
+        response = await finished.request()
+    finally:
+        stop.set()
+        releaser.join()
+
+    assert response.status == 410
+    assert response.json()["code"] == "result_unavailable"
+
+
+async def test_directory_in_place_of_file_is_410(autojump_clock, finished, tmp_path):
+    archive = stored_archive(tmp_path)
+    archive.unlink()
+    archive.mkdir()
+
+    response = await finished.request()
+
+    assert response.status == 410
+    assert response.json()["code"] == "result_unavailable"
+
+
+@pytest.mark.parametrize("header", ["If-Modified-Since", "If-Unmodified-Since", "If-Range"])
+async def test_date_past_datetime_range_ignored(autojump_clock, finished, header):
+    headers = {header: "Sun, 06 Nov 2147483648 08:49:37 GMT"}
+    if header == "If-Range":
+        headers["Range"] = "bytes=0-9"
+
+    response = await finished.request(headers)
 
     assert_whole_file(response, finished)
 
