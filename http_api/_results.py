@@ -19,8 +19,9 @@ A job that is not done gets its 409, 410 or 404 before any of this, so a
   the file selects the whole file.
 - A start at or past the end of the file, and ``bytes=-0``, get 416 with
   ``Content-Range: bytes */SIZE``.
-- Another unit, a malformed header (``b`` below ``a`` included) and several
-  ranges are ignored: the whole file is sent with 200, which RFC 9110 allows.
+- Another unit, a malformed header (``b`` below ``a`` included), several
+  ranges and several ``Range`` lines are ignored: the whole file is sent
+  with 200, which RFC 9110 allows.
 - ``HEAD`` ignores ``Range`` and gets 200, as RFC 9110 section 14.2 requires.
 """
 
@@ -256,9 +257,12 @@ def _select_range(validators: Validators, size: int) -> ByteRange | None:
 
     Raises a 416 problem for an unsatisfiable range.
     """
-    value = request.headers.get("Range")
-    if request.method != "GET" or value is None:
+    lines = request.headers.getlist("Range")
+    # Range is a single-value field, so several lines are as malformed as
+    # several ranges on one line.
+    if request.method != "GET" or len(lines) != 1:
         return None
+    value = lines[0]
     if not _if_range_matches(validators):
         return None
     spec = parse_range(value)

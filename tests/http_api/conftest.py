@@ -87,7 +87,7 @@ class Api:
         method: str,
         path: str,
         body: bytes = b"",
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | Headers | None = None,
     ) -> RawResponse:
         """Send one request and return the status, headers and body that the app sent.
 
@@ -95,8 +95,9 @@ class Api:
         response from its body, which overwrites ``Content-Length`` with the
         length of what arrived (0 for HEAD). This helper keeps the app's own headers.
 
-        NOTE: the test connection buffers at most 10 body chunks of 64 KiB, so a
-        larger response blocks the app. The archives of these tests are 4.2 KB at most.
+        NOTE: the test connection buffers at most 10 body messages, so a longer
+        response blocks the app. A result is sent in messages of up to 256 KiB,
+        and the archives of these tests fill at most three.
         """
         connection = self.client.request(path, method=method, headers=headers)
         async with connection:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from werkzeug.datastructures import Headers
 from werkzeug.http import http_date
 
 from http_api._results import (
@@ -268,6 +269,17 @@ async def test_range_ignored_sends_whole_file(autojump_clock, finished, header):
 
 
 # --- If-Range --------------------------------------------------------------------
+
+
+async def test_two_range_lines_send_whole_file(autojump_clock, finished):
+    with autojump_paused(finished.clock):
+        response = await finished.api.send_raw(
+            "GET",
+            f"/v1/download/{finished.job_id}",
+            headers=Headers([("Range", "bytes=0-9"), ("Range", "bytes=20-29")]),
+        )
+
+    assert_whole_file(response, finished)
 
 
 async def test_if_range_current_etag_applies(autojump_clock, finished):
