@@ -181,6 +181,7 @@ def measure(
             name: kind for name, kind in _kinds(jobs).items() if jobs.tags or not kind.needs_tag
         }
     figures: dict[str, dict[str, list[float]]] = {}
+    # Every kind in its usual order; each system measures those it supports.
     for name in _kinds(_Jobs()):
         measured = {key: kinds[name] for key, kinds in kinds_by_system.items() if name in kinds}
         for key, kind in measured.items():
@@ -201,7 +202,7 @@ def _systems(text: str) -> list[System]:
     unknown = [key for key in keys if key not in SYSTEMS]
     if unknown or not keys:
         raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(SYSTEMS)}, got {text!r}"
+            f"invalid systems {text!r}: expected a comma-separated list of {', '.join(SYSTEMS)}"
         )
     return [SYSTEMS[key] for key in keys]
 

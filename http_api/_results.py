@@ -62,9 +62,10 @@ from ._schemas import (
     ZipArchive,
 )
 
-# Bytes read from a result file per worker-thread call. Each call costs more
-# CPU than copying this much from the page cache, so larger chunks make a
-# download cheaper. A download in progress buffers one chunk at most.
+# Bytes read from a result file per worker-thread call. A call cost about
+# 0.3 ms of CPU on a 2-core Xeon VM (an estimate from download timings), more
+# than copying 256 KiB from the page cache, so larger chunks make a download
+# cheaper. A download in progress buffers one chunk at most.
 RESULT_CHUNK_BYTES = 256 * 1024
 
 # A cached copy could outlive the job's expiry, so no cache may store a result.

@@ -350,7 +350,8 @@ async def test_long_poll_on_finished_job_answered_at_stop(start_server: StartSer
         status_path = f"/v1/download/status/{job_id}"
         current = await client.get(status_path)
         document, etag = current.json(), current.headers["ETag"]
-        # Each long poll returns at the next change: from queued, the start.
+        # A long poll returns at the job's next change, which for a queued job
+        # is its start, so one poll may not reach done.
         with trio.fail_after(EXIT_SLACK_SECONDS):
             while document["status"] != "done":
                 current = await client.get(
